@@ -1,0 +1,1 @@
+"""The engine: data, the training loop, evaluation, checkpoints and logging."""

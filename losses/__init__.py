@@ -1,0 +1,1 @@
+"""Distillation objectives: small pure functions and modules, one family per file."""
