@@ -1,0 +1,115 @@
+"""Tokenised URL sets and length-bucketed batches with per-batch padding.
+
+URLs are short (median ~17 WordPiece tokens, a long tail past 128), so padding
+every batch to ``max_length`` would spend most of the compute on padding.
+Batches are drawn from length-sorted "mega-batches" of shuffled examples and
+padded only to their own longest member.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kd.data import Examples
+
+
+@dataclass
+class TokenizedSet:
+    """Token ids of one split: ``input_ids[i]`` is a list of ints (with special
+    tokens, truncated to ``max_length``); ``labels[i]`` in {0, 1}.
+
+    ``index[i]`` is the example's position in its split, the identity that
+    teacher-logit caches key on (never the step number).
+    """
+
+    input_ids: list[list[int]]
+    labels: np.ndarray
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+def tokenize(examples: Examples, tokenizer, max_length: int = 128) -> TokenizedSet:
+    """Tokenise all URLs once (fast tokenizer, batched); no padding here."""
+    if max_length < 8:
+        raise ValueError(f"max_length must be at least 8, got {max_length}")
+    ids = tokenizer(list(examples.urls), truncation=True, max_length=max_length)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return TokenizedSet(ids, np.asarray(examples.labels, dtype=np.int64), pad)
+
+
+def collate(data: TokenizedSet, indices, *, labels: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """Pad the examples ``indices`` to their longest member.
+
+    Returns ``input_ids`` and ``attention_mask`` ``(B, T)``, ``labels`` ``(B,)``
+    (-100 marks an unlabelled example), ``index`` ``(B,)`` and ``n_items``, the
+    number of examples that count in the loss normalisation (here B).
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    rows = [data.input_ids[i] for i in indices]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), data.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[b, : len(row)] = 1
+    source = data.labels if labels is None else labels
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": torch.from_numpy(source[indices]),
+        "index": torch.from_numpy(indices),
+        "n_items": torch.tensor(len(rows)),
+    }
+
+
+def length_bucketed_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    bucket_factor: int = 50,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[np.ndarray]:
+    """One epoch's batches of example indices, deterministic in (seed, epoch).
+
+    Shuffle all examples, cut them into mega-batches of ``bucket_factor *
+    batch_size``, sort each by length and cut it into batches, then shuffle the
+    batch order. Under DDP each rank takes every ``world_size``-th batch, and
+    the list is cut to a multiple of ``world_size`` so all ranks step together.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    mega = batch_size * bucket_factor
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = order[start : start + mega]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    usable = len(batches) - len(batches) % world_size
+    return batches[rank:usable:world_size]
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Deterministic length-sorted batches for evaluation (no shuffling)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """Share of padded positions over all positions the batches compute."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    total = sum(int(lengths[b].max()) * len(b) for b in batches)
+    return 1.0 - real / total if total else 0.0

@@ -1,0 +1,135 @@
+"""Checkpoints: Hugging Face folders written atomically, plus resumable trainer state.
+
+Layout of a run folder::
+
+    OUT/checkpoints/step-000120/   save_pretrained folder (safetensors), tokenizer,
+                                   run_info.json, metrics.json
+    OUT/best -> checkpoints/step-000120     (symbolic links, swapped atomically)
+    OUT/last -> checkpoints/step-000200     (+ trainer_state/ for --resume)
+
+A checkpoint is written under a temporary name and renamed into place, and the
+``best`` / ``last`` links are replaced with ``os.replace``: a crash at any
+moment leaves the previous complete checkpoint in place, never a half-written
+one. Nothing here is pickled: tensors go to safetensors, the rest to JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+STATE_DIR = "trainer_state"
+
+
+def write_json(path: Path, payload) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_checkpoint(root: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_folder)`` and rename the folder to ``root/name``.
+
+    An existing folder of that name is replaced only after the new one is
+    complete.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left over from a crash: never complete
+    tmp.mkdir()
+    write(tmp)
+    if final.exists():
+        old = root / f".{name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symbolic link to ``target``, atomically."""
+    tmp = link.with_name(f".{link.name}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)
+
+
+def prune_checkpoints(out_dir: Path, keep_links=("best", "last")) -> None:
+    """Delete checkpoint folders that no link points to any more."""
+    keep = {(out_dir / name).resolve() for name in keep_links if (out_dir / name).is_symlink()}
+    for folder in (out_dir / "checkpoints").glob("step-*"):
+        if folder.resolve() not in keep:
+            shutil.rmtree(folder)
+
+
+# --- optimizer / scheduler / RNG state, without pickle ------------------------------------
+
+
+def save_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer, state: dict) -> None:
+    """Write the full training state into ``folder``.
+
+    ``modules``' weights go to ``{name}.safetensors`` (the exact training
+    state_dict, including what ``save_pretrained`` may drop), the optimizer's
+    tensors to ``optimizer.safetensors``, the torch RNG states to
+    ``rng.safetensors``, and the JSON-able rest (step, epoch, scheduler,
+    scaler, early-stopping state, optimizer hyper-parameters) to ``state.json``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, module in modules.items():
+        save_model(module, str(folder / f"{name}.safetensors"))
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entries in opt["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}/{key}"] = value.contiguous()
+            else:
+                scalars[f"{pid}/{key}"] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, str(folder / "rng.safetensors"))
+    write_json(folder / "state.json", {**state, "optimizer_param_groups": opt["param_groups"], "optimizer_scalars": scalars})
+
+
+def load_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer, device) -> dict:
+    """Restore what :func:`save_trainer_state` wrote; return the JSON state."""
+    if not (folder / "state.json").is_file():
+        raise FileNotFoundError(f"no resumable trainer state in {folder}")
+    state = json.loads((folder / "state.json").read_text())
+    for name, module in modules.items():
+        load_model(module, str(folder / f"{name}.safetensors"), device=str(device))
+    tensors = load_file(str(folder / "optimizer.safetensors"), device=str(device))
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        pid, name = key.split("/", 1)
+        opt_state.setdefault(int(pid), {})[name] = value
+    for key, value in state.pop("optimizer_scalars").items():
+        pid, name = key.split("/", 1)
+        opt_state.setdefault(int(pid), {})[name] = value
+    # AdamW keeps `step` on the CPU unless fused/capturable.
+    for entries in opt_state.values():
+        if "step" in entries and torch.is_tensor(entries["step"]):
+            entries["step"] = entries["step"].cpu()
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("optimizer_param_groups")})
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["cpu"])
+    cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return state

@@ -1,0 +1,98 @@
+"""Run configuration: typed dataclass sections, YAML presets, command-line overrides.
+
+A preset (``configs/*.yaml``) holds sections named like the dataclasses below;
+``--set section.key=value`` overrides any field (values parse as YAML, so
+``--set train.lr=3e-5`` is a float and ``--set data.fractions=[0.8,0.1,0.1]``
+a list). Unknown sections or keys are errors that list the known ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kd.data import DataConfig
+from kd.loop import TrainConfig
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train (YAML section ``model``)."""
+
+    name_or_path: str = "packaged:minilm"
+    """Hub name (``bert-base-uncased``), local folder, or ``packaged:minilm`` (the MiniLM-L6 from PyPI)."""
+    max_length: int = 128
+    """Tokens per URL after truncation (batches are padded only to their longest member)."""
+    dropout: float | None = None
+    """Override the model's hidden and attention dropout (None: keep the config's)."""
+    pretrained: bool = True
+    """Load pretrained weights (False: random initialisation from the config)."""
+
+
+@dataclass
+class RunConfig:
+    """A whole run: model, data, optimisation and where to write."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/teacher"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, raw: dict, where: str):
+    """Instantiate dataclass ``cls`` from ``raw``, recursing into dataclass fields."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(raw).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in {where}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in raw.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()):
+    """Build ``cls`` (e.g. :class:`RunConfig`) from a YAML preset and ``key=value`` overrides."""
+    tree: dict = {}
+    if preset is not None:
+        path = Path(preset)
+        if not path.is_file():
+            configs = Path(__file__).resolve().parents[1] / "configs"
+            candidate = configs / f"{preset}.yaml"
+            if not candidate.is_file():
+                known = sorted(p.stem for p in configs.glob("*.yaml"))
+                raise FileNotFoundError(f"no config file {preset!r}; presets in configs/: {known}")
+            path = candidate
+        tree = yaml.safe_load(path.read_text()) or {}
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"override {item!r} is not key=value (e.g. train.lr=3e-5)")
+        set_dotted(tree, key.strip(), yaml.safe_load(value))
+    return _build(cls, tree, "")
+
+
+def save_config(cfg, path: Path) -> None:
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

@@ -1,0 +1,74 @@
+"""Batched scoring of URLs with a sequence classifier: the one path that the
+training-time evaluation, ``kd.evaluate``, the quantization report and
+``kd.predict`` all share."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from kd.batching import TokenizedSet, collate, eval_batches, tokenize
+from kd.data import Examples
+from kd.urls import normalize_url
+
+
+@torch.inference_mode()
+def predict_tokenized(
+    model: torch.nn.Module,
+    data: TokenizedSet,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Logits ``(N, C)`` as float32 for a tokenised set, in its order.
+
+    Batches are length-sorted and padded per batch; ``autocast_dtype`` (e.g.
+    bf16 on CUDA) runs the forward under autocast.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out = np.empty((len(data), model.config.num_labels), dtype=np.float32)
+    for idx in tqdm(eval_batches(data.lengths, batch_size), desc="scoring", unit="batch", disable=not progress, leave=False):
+        batch = collate(data, idx)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
+        out[idx] = logits.float().cpu().numpy()
+    return out
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    max_length: int = 128,
+    device: torch.device | str | None = None,
+    normalize: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """Logits ``(N, C)`` as float32 for raw ``texts``, in their given order.
+
+    The texts are normalised with :func:`kd.urls.normalize_url` first unless
+    ``normalize=False`` (pass already-normalised URLs that way).
+    """
+    texts = [normalize_url(t) for t in texts] if normalize else list(texts)
+    data = tokenize(Examples(texts, [0] * len(texts)), tokenizer, max_length)
+    return predict_tokenized(model, data, batch_size=batch_size, device=device, progress=progress)
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Probability of the positive class (label 1, phishing) from ``(N, C)`` logits."""
+    return torch.softmax(torch.from_numpy(logits).float(), dim=-1)[:, 1].numpy()
+
+
+def predict_proba(model, tokenizer, texts: Sequence[str], **kwargs) -> np.ndarray:
+    """Probability of phishing per text, ``(N,)``; keyword arguments as :func:`predict_logits`."""
+    return probabilities(predict_logits(model, tokenizer, texts, **kwargs))

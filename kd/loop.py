@@ -1,0 +1,352 @@
+"""The one training loop, shared by the teacher, the students and the QLoRA student.
+
+One optimizer step, top to bottom (:func:`train`):
+
+1. take ``grad_accum`` micro-batches of the epoch's length-bucketed batch list;
+2. count the items that the loss averages over in the *whole* step
+   (``n_items``: examples, or valid tokens for a generative student), summed
+   over all DDP ranks;
+3. for each micro-batch: ``loss_fn(model, batch)`` returns the loss *summed*
+   over its items; backward ``sum / n_items_step * world_size`` (DDP averages
+   gradients over ranks, the factor undoes that), so accumulation and data
+   parallelism leave the objective unchanged;
+4. unscale (fp16), clip the gradient norm, optimizer and scheduler step;
+5. every ``eval_every`` steps and at each epoch end: evaluate, keep the best
+   checkpoint by the chosen validation metric, stop early after ``patience``
+   evaluations without improvement, and write ``last`` for ``--resume``.
+
+The teacher is the case "loss_fn = cross-entropy"; a student's loss_fn runs the
+frozen teacher (or reads its cached logits) inside.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+
+from kd.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction
+from kd.checkpoint import (
+    STATE_DIR,
+    load_trainer_state,
+    point_link,
+    prune_checkpoints,
+    save_trainer_state,
+    write_checkpoint,
+    write_json,
+)
+from kd.distributed import DistInfo, all_reduce_sum, barrier
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+"""``loss_fn(model, batch) -> loss summed over the batch's items`` (float32 scalar)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one run (YAML section ``train``)."""
+
+    epochs: int = 4
+    batch_size: int = 32
+    """Examples per optimizer step on each rank (split into ``grad_accum`` micro-batches)."""
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    """Linear warm-up over this share of all steps, then linear decay to 0."""
+    max_grad_norm: float = 1.0
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16`` (with a GradScaler)."""
+    eval_every: int = 0
+    """Evaluate every this many optimizer steps (0: only at each epoch end)."""
+    metric: str = "f1"
+    """Validation metric (higher is better) that picks the best checkpoint and drives early stopping."""
+    patience: int = 0
+    """Stop after this many evaluations without improvement (0: never stop early)."""
+    seed: int = 0
+    log_every: int = 20
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs)."""
+    eval_batch_size: int = 256
+    compile: bool = False
+    """``torch.compile`` the model (pays off on GPU; shapes vary, so compiled with dynamic=True)."""
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a positive multiple of train.grad_accum ({self.grad_accum})"
+            )
+        if self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.grad_accum
+
+
+@dataclass
+class TrainResult:
+    best_metric: float
+    best_step: int
+    steps: int
+    history: list = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain fp32)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
+    """LR multiplier: 0 -> 1 linearly over ``warmup_steps``, then 1 -> 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_optimizer(modules: list[torch.nn.Module], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and norms."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, param in module.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    micro_batches: list[dict],
+    *,
+    dist_info: DistInfo = DistInfo(),
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
+    """Accumulate the gradients of one optimizer step; return its mean loss (detached).
+
+    Each micro-batch's summed loss is divided by the item count of the whole
+    step over all ranks, so the accumulated gradient equals that of one big
+    batch, whatever the micro-batch sizes or padding.
+    """
+    device = micro_batches[0]["input_ids"].device
+    n_items = all_reduce_sum(sum(b["n_items"] for b in micro_batches).to(device, torch.float32), dist_info)
+    total = torch.zeros((), device=device)
+    for i, batch in enumerate(micro_batches):
+        if dist_info.enabled:
+            # Synchronise gradients only on the last micro-batch (what no_sync() does, without a context).
+            model.require_backward_grad_sync = i == len(micro_batches) - 1
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss_sum = loss_fn(model, batch)
+        loss = loss_sum.float() / n_items * dist_info.world_size
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += loss.detach()
+    return total / dist_info.world_size
+
+
+def log_window(writer, progress, window: dict, loss, grad_norm, scheduler, step: int, dist_info: DistInfo) -> dict:
+    """Log the scalars of the steps since the last log; return a fresh window."""
+    elapsed = time.perf_counter() - window["time"]
+    rate = window["examples"] * dist_info.world_size / elapsed
+    logged = {
+        "train/loss": loss.item(),
+        "train/lr": scheduler.get_last_lr()[0],
+        "train/grad_norm": float(grad_norm),
+        "train/samples_per_s": rate,
+        "train/tokens_per_s": window["tokens"] * dist_info.world_size / elapsed,
+        "train/padding_fraction": 1 - window["tokens"] / max(1, window["padded"]),
+    }
+    if writer is not None:
+        for key, val in logged.items():
+            writer.add_scalar(key, val, step)
+    progress.set_postfix(loss=f"{logged['train/loss']:.4f}", samples_s=f"{rate:.0f}")
+    return {"time": time.perf_counter(), "examples": 0, "tokens": 0, "padded": 0}
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    train_set: TokenizedSet,
+    evaluate: Callable[[torch.nn.Module], dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    save: Callable[[torch.nn.Module, Path], None],
+    device: torch.device,
+    dist_info: DistInfo = DistInfo(),
+    resume: bool = False,
+    extra_modules: dict[str, torch.nn.Module] | None = None,
+    collate_fn: Callable[[TokenizedSet, object], dict] = collate,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` (already on ``device``) and write checkpoints under ``out_dir``.
+
+    ``evaluate(model)`` returns validation metrics including ``cfg.metric``;
+    ``save(model, folder)`` writes a loadable model folder (``save_pretrained``,
+    tokenizer, run info). ``extra_modules`` (e.g. hidden-state projections)
+    are trained and checkpointed with the model. ``on_step(step)`` is called
+    after every optimizer step (tests use it to interrupt a run).
+    """
+    out_dir = Path(out_dir)
+    extra_modules = dict(extra_modules or {})
+    raw_model = model
+    if dist_info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        model = torch.compile(model, dynamic=True)
+    modules = {"model": raw_model, **extra_modules}
+    optimizer = build_optimizer(list(modules.values()), cfg, device)
+    batches_per_epoch = len(
+        length_bucketed_batches(train_set.lengths, cfg.micro_batch_size, seed=cfg.seed, epoch=0, world_size=dist_info.world_size)
+    )
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    scheduler = linear_warmup_decay(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_metric": -math.inf, "best_step": -1, "evals_since_best": 0, "history": []}
+    if resume:
+        last = out_dir / "last" / STATE_DIR
+        state = load_trainer_state(last, modules, optimizer, device)
+        scheduler.load_state_dict(state.pop("scheduler"))
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        state.pop("scaler", None)
+        if dist_info.is_main:
+            print(f"resumed from {last.parent.resolve().name}: step {state['step']}, epoch {state['epoch']}")
+    writer = None
+    if dist_info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"))
+
+    def checkpoint(kind: tuple[str, ...]) -> None:
+        """Write the step's checkpoint folder once and point the links in ``kind`` at it."""
+        if dist_info.is_main:
+            name = f"step-{state['step']:06d}"
+
+            def write(folder: Path) -> None:
+                save(raw_model, folder)
+                for extra_name, module in extra_modules.items():
+                    save_model(module, str(folder / f"{extra_name}.safetensors"))
+                if "last" in kind:
+                    snapshot = {**state, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None}
+                    save_trainer_state(folder / STATE_DIR, modules, optimizer, snapshot)
+                write_json(folder / "metrics.json", {"step": state["step"], "validation": state["history"][-1] if state["history"] else None})
+
+            folder = write_checkpoint(out_dir / "checkpoints", name, write)
+            for link in kind:
+                point_link(out_dir / link, folder)
+            # An older 'last' loses its trainer state only by being pruned as a whole.
+            prune_checkpoints(out_dir)
+        barrier(dist_info)
+
+    def run_evaluation() -> bool:
+        """Evaluate, update best / early stopping, checkpoint; True to stop early."""
+        raw_model.eval()
+        metrics = evaluate(raw_model)
+        raw_model.train()
+        if cfg.metric not in metrics:
+            raise KeyError(f"train.metric {cfg.metric!r} is not among the validation metrics {sorted(metrics)}")
+        value = float(metrics[cfg.metric])
+        state["history"].append({"step": state["step"], "epoch": state["epoch"], **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        improved = value > state["best_metric"]
+        if improved:
+            state["best_metric"], state["best_step"], state["evals_since_best"] = value, state["step"], 0
+        else:
+            state["evals_since_best"] += 1
+        if writer is not None:
+            for key, val in metrics.items():
+                if isinstance(val, (int, float)) and not isinstance(val, bool):
+                    writer.add_scalar(f"val/{key}", val, state["step"])
+            print(f"step {state['step']} epoch {state['epoch']}: val {cfg.metric} {value:.4f}" + (" (best)" if improved else ""))
+        checkpoint(("best", "last") if improved else ("last",))
+        return cfg.patience > 0 and state["evals_since_best"] >= cfg.patience
+
+    from tqdm.auto import tqdm
+
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=not dist_info.is_main, dynamic_ncols=True)
+    raw_model.train()
+    stopped_early = False
+    finished = state["step"] >= total_steps
+    window = {"time": time.perf_counter(), "examples": 0, "tokens": 0, "padded": 0}
+    while not finished:
+        batches = length_bucketed_batches(
+            train_set.lengths, cfg.micro_batch_size, seed=cfg.seed, epoch=state["epoch"],
+            rank=dist_info.rank, world_size=dist_info.world_size,
+        )
+        if dist_info.is_main and state["step"] == 0:
+            print(f"train: {len(train_set)} examples, {steps_per_epoch} steps/epoch x {cfg.epochs}, "
+                  f"padding {padding_fraction(train_set.lengths, batches):.1%} of tokens")
+        while True:
+            group = batches[state["batch_in_epoch"] : state["batch_in_epoch"] + cfg.grad_accum]
+            micro = [to_device(collate_fn(train_set, idx), device) for idx in group]
+            loss = forward_backward(model, loss_fn, micro, dist_info=dist_info, amp_dtype=amp_dtype, scaler=scaler)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state["step"] += 1
+            state["batch_in_epoch"] += len(group)
+            window["examples"] += sum(len(idx) for idx in group)
+            window["tokens"] += sum(int(train_set.lengths[idx].sum()) for idx in group)
+            window["padded"] += sum(int(train_set.lengths[idx].max()) * len(idx) for idx in group)
+            progress.update(1)
+            if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
+                # The only host synchronisation: once per log_every steps.
+                window = log_window(writer, progress, window, loss, grad_norm, scheduler, state["step"], dist_info)
+            epoch_done = state["batch_in_epoch"] >= len(batches)
+            if epoch_done:
+                state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
+            last_step = state["step"] >= total_steps
+            if on_step is not None:
+                on_step(state["step"])
+            if epoch_done or last_step or (cfg.eval_every and state["step"] % cfg.eval_every == 0):
+                stopped_early = run_evaluation()
+            if stopped_early or last_step:
+                finished = True
+            if finished or epoch_done:
+                break
+    progress.close()
+    if writer is not None:
+        writer.add_hparams(
+            {k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str, bool))},
+            {"hparam/best_" + cfg.metric: state["best_metric"]},
+            run_name="hparams",
+        )
+        writer.close()
+    if dist_info.is_main:
+        write_json(out_dir / "train_history.json", state["history"])
+    barrier(dist_info)
+    return TrainResult(state["best_metric"], state["best_step"], state["step"], state["history"], stopped_early)
