@@ -8,6 +8,7 @@ a list). Unknown sections or keys are errors that list the known ones.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,35 @@ def _build(cls, raw: dict, where: str):
     unknown = set(raw) - set(known)
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in {where}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}" if where else name)
+            kwargs[name] = _build(type(default), value, key)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hints[name], key)
     return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    """Convert YAML scalars to the field's type: YAML 1.1 reads ``1e-3`` as a string."""
+    scalar = next((t for t in (bool, int, float) if hint is t or hint == t | None), None)
+    if scalar is None or value is None or isinstance(value, scalar):
+        return value
+    try:
+        if scalar is bool:
+            if str(value).lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return str(value).lower() in ("true", "1", "yes")
+        if scalar is float:
+            return float(value)
+        if float(value) != int(float(value)):
+            raise ValueError(value)
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be {scalar.__name__}, got {value!r}") from None
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:

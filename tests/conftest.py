@@ -42,3 +42,49 @@ def minilm_dir() -> Path:
         return packaged_minilm_dir()
     except FileNotFoundError as err:
         pytest.skip(str(err))
+
+
+def make_url_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` synthetic (url, label) rows, half phishing, each on its own domain,
+    with label-dependent words so that a tiny model can learn something."""
+    import random
+
+    rng = random.Random(seed)
+    words_bad = ["login", "verify", "secure", "account", "update", "bank", "signin", "confirm"]
+    words_good = ["blog", "news", "docs", "shop", "about", "wiki", "music", "team"]
+    rows = []
+    for i in range(n):
+        bad = i % 2 == 1
+        words = words_bad if bad else words_good
+        host = f"{rng.choice(words)}{i}.{'xyz' if bad else 'com'}"
+        path = "/".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
+        rows.append((f"http://{host}/{path}", "phishing" if bad else "legitimate"))
+    return rows
+
+
+def write_csv(path: Path, rows, header=("url", "label")) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A randomly initialised 2-layer, 32-wide BERT classifier folder with the
+    real WordPiece tokenizer (fast to train on a CPU)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=160, num_labels=2,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
+    return folder

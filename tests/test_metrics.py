@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from kd.metrics import binary_metrics, choose_threshold, expected_calibration_error, tpr_at_fpr
+
+
+def test_binary_metrics_on_a_hand_computed_case():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.8, 0.9, 0.95])
+    m = binary_metrics(labels, probs, threshold=0.5)
+    assert m["confusion_matrix"] == [[3, 1], [1, 3]]
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["precision"] == pytest.approx(0.75) and m["recall"] == pytest.approx(0.75) and m["f1"] == pytest.approx(0.75)
+    # 15 of the 16 (positive, negative) pairs are ranked correctly (0.4 < 0.7 is the miss)
+    assert m["roc_auc"] == pytest.approx(15 / 16)
+
+
+def test_tpr_at_fpr():
+    labels = np.array([0] * 100 + [1] * 10)
+    probs = np.concatenate([np.linspace(0, 0.5, 100), np.linspace(0.45, 1, 10)])
+    # negatives reach up to 0.5: with FPR <= 1 % (one negative allowed) positives above 0.49 pass
+    assert tpr_at_fpr(labels, probs, 0.01) == pytest.approx(np.mean(probs[100:] > probs[98]))
+    assert tpr_at_fpr(labels, probs, 1.0) == 1.0
+
+
+def test_ece_perfectly_calibrated_and_overconfident():
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0, 1, 200_000)
+    labels = (rng.uniform(0, 1, probs.size) < probs).astype(int)
+    assert expected_calibration_error(labels, probs) < 0.01
+    assert expected_calibration_error(np.array([1, 0, 1, 0]), np.array([0.99, 0.99, 0.99, 0.99])) == pytest.approx(0.49)
+
+
+def test_threshold_maximises_f1_on_the_given_set():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.6, 0.65, 0.7, 0.9])
+    t = choose_threshold(labels, probs)
+    assert 0.6 < t <= 0.65
+    assert binary_metrics(labels, probs, t)["f1"] == 1.0
+
+
+def test_single_class_sets_give_nan_auc():
+    m = binary_metrics(np.ones(5, dtype=int), np.full(5, 0.9))
+    assert np.isnan(m["roc_auc"]) and m["recall"] == 1.0
