@@ -56,7 +56,11 @@ def config_from_args(args, cls=RunConfig):
         overrides.append(f"data.data_dir={args.data_dir}")
     cfg = load_config(cls, args.config, overrides)
     if args.source:
-        cfg.data.sources = [SourceSpec.parse(s).__dict__ for s in args.source]
+        sources = [SourceSpec.parse(s).__dict__ for s in args.source]
+        if isinstance(cfg.data, dict):  # a student's overrides of its teacher's data section
+            cfg.data["sources"] = sources
+        else:
+            cfg.data.sources = sources
     return cfg
 
 

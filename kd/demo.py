@@ -18,6 +18,7 @@ from kd.checkpoint import write_json
 from kd.classifier import format_table
 from kd.config import RunConfig, load_config
 from kd.data import build_splits
+from kd.paths import HUB_DATASET, default_data_dir
 from kd.runinfo import device_description
 
 
@@ -32,6 +33,10 @@ def main(argv=None) -> None:
 
     started = time.time()
     cfg = load_config(RunConfig, args.config, [*args.set, f"out_dir={args.out}"])
+    if cfg.data.data_dir is None and default_data_dir() is None:
+        # No local copy: the same Hannousse rows from the Hugging Face hub (needs internet).
+        print(f"no ../shared/data or ./data: using the hub copy {HUB_DATASET}")
+        cfg.data.sources, cfg.data.test_sets = [f"hf:{HUB_DATASET}"], {}
     teacher = train_teacher.run(cfg)
     baseline = tfidf_baseline(build_splits(cfg.data))
     minutes = (time.time() - started) / 60

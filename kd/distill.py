@@ -1,0 +1,123 @@
+"""Distillation pieces for encoder students: the frozen teacher, its logit cache,
+and the loss function that the shared loop calls.
+
+The teacher-logit cache is keyed by *example identity* (a hash of the
+normalised URL), never by step or batch position: with shuffling, length
+bucketing, gradient accumulation or a different split order, each example
+still meets its own teacher logits.
+"""
+from __future__ import annotations
+
+import hashlib
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from kd.batching import TokenizedSet
+from kd.inference import predict_tokenized
+from losses import ModelOutputs
+
+
+def example_keys(urls: list[str]) -> np.ndarray:
+    """A 63-bit identity per (normalised) URL: the first 8 bytes of its BLAKE2b hash."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(u.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little") >> 1 for u in urls],
+        dtype=np.int64,
+    )
+
+
+def model_fingerprint(folder: Path, max_length: int) -> str:
+    """Identifies a teacher's weights (and the tokenisation length) for cache names."""
+    digest = hashlib.sha256(f"max_length={max_length}".encode())
+    for name in sorted(p.name for p in Path(folder).glob("*.safetensors")):
+        with open(Path(folder) / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def cached_teacher_logits(
+    teacher: torch.nn.Module,
+    data: TokenizedSet,
+    urls: list[str],
+    cache_file: Path,
+    *,
+    batch_size: int = 256,
+    autocast_dtype=None,
+    log=print,
+) -> torch.Tensor:
+    """Teacher logits ``(N, C)`` float32 for ``data`` (aligned with ``urls``), from
+    ``cache_file`` where present; missing examples are computed and added.
+
+    The file holds ``keys`` ``(M,)`` int64 and ``logits`` ``(M, C)``; rows are
+    looked up by key, so one file serves every run, split order and subset
+    that uses the same teacher.
+    """
+    keys = example_keys(urls)
+    cached_keys, cached_logits = np.empty(0, dtype=np.int64), None
+    if cache_file.is_file():
+        stored = load_file(str(cache_file))
+        cached_keys, cached_logits = stored["keys"].numpy(), stored["logits"]
+    row_of = {int(k): i for i, k in enumerate(cached_keys)}
+    missing = np.array([i for i, k in enumerate(keys) if int(k) not in row_of], dtype=np.int64)
+    if len(missing):
+        log(f"teacher logits: computing {len(missing)} of {len(keys)} examples (cache: {cache_file})")
+        subset = TokenizedSet([data.input_ids[i] for i in missing], data.labels[missing], data.pad_token_id)
+        fresh = torch.from_numpy(predict_tokenized(teacher, subset, batch_size=batch_size, autocast_dtype=autocast_dtype, progress=True))
+        new_keys = np.concatenate([cached_keys, keys[missing]])
+        all_logits = fresh if cached_logits is None else torch.cat([cached_logits, fresh])
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".{cache_file.name}.tmp")
+        save_file({"keys": torch.from_numpy(new_keys), "logits": all_logits.contiguous()}, str(tmp))
+        tmp.replace(cache_file)
+        row_of.update({int(k): len(cached_keys) + j for j, k in enumerate(keys[missing])})
+        cached_logits = all_logits
+    else:
+        log(f"teacher logits: all {len(keys)} examples from {cache_file}")
+    rows = torch.tensor([row_of[int(k)] for k in keys], dtype=torch.long)
+    return cached_logits[rows].contiguous()
+
+
+def distillation_loss(objective, *, teacher=None, teacher_logits: torch.Tensor | None = None, teacher_input_ids=None):
+    """``loss_fn(model, batch)`` for the loop: the objective's weighted sum over the batch.
+
+    Teacher outputs come from ``teacher_logits[batch["index"]]`` (the cache)
+    when the objective needs logits only, else from a forward pass of the
+    frozen ``teacher`` (eval mode, no gradients, under the loop's autocast).
+    ``teacher_input_ids`` maps student token ids to the teacher's (a
+    vocabulary-pruned student keeps the teacher's segmentation, renumbered).
+    """
+    needs_features = objective.needs_hidden_states or objective.needs_attention_relations
+    if objective.needs_teacher and teacher is None and (teacher_logits is None or needs_features):
+        raise ValueError(f"objective {objective.spec!r} needs a live teacher (hidden states or attention) or cached logits")
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+
+    def run(model, batch, want_hidden: bool) -> ModelOutputs:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=want_hidden)
+        return ModelOutputs(out.logits, out.hidden_states if want_hidden else None, batch["attention_mask"])
+
+    def loss_fn(model, batch) -> torch.Tensor:
+        from losses import capture_qkv
+
+        with capture_qkv(model, objective.student_qkv_layers) if objective.needs_attention_relations else nullcontext() as s_qkv:
+            student = run(model, batch, objective.needs_hidden_states)
+        student.qkv = s_qkv
+        teacher_out = None
+        if objective.needs_teacher:
+            if teacher_logits is not None and not needs_features:
+                teacher_out = ModelOutputs(teacher_logits[batch["index"].cpu()].to(student.logits.device))
+            else:
+                teacher_batch = batch
+                if teacher_input_ids is not None:
+                    teacher_batch = {**batch, "input_ids": teacher_input_ids.to(batch["input_ids"].device)[batch["input_ids"]]}
+                with torch.no_grad(), (capture_qkv(teacher, objective.teacher_qkv_layers) if objective.needs_attention_relations else nullcontext()) as t_qkv:
+                    teacher_out = run(teacher, teacher_batch, objective.needs_hidden_states)
+                teacher_out.qkv = t_qkv
+        total, _ = objective(student, teacher_out, labels=batch["labels"])
+        return total
+
+    return loss_fn

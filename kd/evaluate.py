@@ -1,0 +1,78 @@
+"""Evaluate any saved classifier on any data spec, with the threshold chosen on validation.
+
+    python -m kd.evaluate --model runs/teacher-minilm/best
+    python -m kd.evaluate --model runs/student/best --test-source iscx=iscx_url2016/phishing_dataset.csv:label=phishing
+
+By default the data spec is the one the checkpoint was trained with (from its
+run_info.json), so the same split is rebuilt exactly; ``--config`` / ``--set``
+/ ``--source`` replace it. The threshold maximises F1 on the validation split
+and is applied unchanged to every test set. Writes OUT/eval.json and
+OUT/roc.png (OUT defaults to the model folder's parent run / eval-<name>).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kd.checkpoint import write_json
+from kd.classifier import final_evaluation, format_table, prepare_data
+from kd.config import RunConfig, _build, load_config
+from kd.data import DataConfig
+from kd.loop import autocast_dtype
+from kd.sources import SourceSpec
+
+
+def data_config_for(model_dir: Path, args) -> DataConfig:
+    """The checkpoint's own data spec unless the command line gives another."""
+    if args.config or args.set:
+        cfg = load_config(RunConfig, args.config, args.set).data
+    else:
+        info_path = model_dir / "run_info.json"
+        if not info_path.is_file():
+            raise SystemExit(f"{model_dir} has no run_info.json: name the data with --config / --set / --source")
+        cfg = _build(DataConfig, json.loads(info_path.read_text())["config"]["data"], "data")
+    if args.data_dir:
+        cfg.data_dir = args.data_dir
+    if args.source:
+        cfg.sources = [SourceSpec.parse(s).__dict__ for s in args.source]
+    for item in args.test_source or []:
+        name, eq, spec = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--test-source takes NAME=PATH[:k=v,...], got {item!r}")
+        cfg.test_sets.setdefault(name, []).append(SourceSpec.parse(spec).__dict__)
+    return cfg
+
+
+def main(argv=None) -> dict:
+    from models.quantized import load_classifier
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved model folder (teacher, student or quantized)")
+    parser.add_argument("--config", help="YAML preset whose data section to use instead of the checkpoint's")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override data fields, e.g. data.split=random")
+    parser.add_argument("--source", action="append", metavar="PATH[:k=v,...]", help="replace the sources that are split into train/validation/test")
+    parser.add_argument("--test-source", action="append", metavar="NAME=PATH[:k=v,...]", help="add a source to the extra test set NAME (repeatable)")
+    parser.add_argument("--data-dir", help="folder that relative source paths resolve against")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per URL (default 128)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", help="output folder (default: <model>/../eval-<model name>)")
+    args = parser.parse_args(argv)
+
+    model_dir = Path(args.model)
+    model, tokenizer = load_classifier(model_dir)
+    device = next(model.parameters()).device
+    data_cfg = data_config_for(model_dir, args)
+    _, tokenized = prepare_data(data_cfg, tokenizer, args.max_length)
+    out = Path(args.out) if args.out else model_dir.resolve().parent.parent / f"eval-{model_dir.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    result = final_evaluation(model, tokenized, args.batch_size, autocast_dtype("auto", device), out)
+    result["model"] = str(model_dir)
+    write_json(out / "eval.json", result)
+    print(format_table(result["sets"], f"{model_dir} (threshold {result['threshold']:.3f} chosen on validation)"))
+    print(f"wrote {out / 'eval.json'} and {out / 'roc.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
