@@ -88,3 +88,26 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
     BertForSequenceClassification(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
     return folder
+
+
+def save_tiny_classifier(folder, seed=0):
+    """Save a 2-layer, 64-wide BERT classifier with random weights and a
+    character WordPiece tokenizer to ``folder``, as training saves checkpoints."""
+    import string
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
+    # transformers 5 takes the vocabulary as a dict here; vocab_file= is silently ignored.
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=160, num_labels=2,
+        initializer_range=0.1,  # BERT's 0.02 gives ~0.5 for every URL
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,360 @@
+"""Sequence classifiers in one of six precisions: load, save, reload, measure.
+
+============  ==========================================================  ===========
+precision     the encoder's ``nn.Linear`` weights                         devices
+============  ==========================================================  ===========
+fp32          float32                                                     any
+bf16          bfloat16 (the whole model)                                  any
+nf4           bitsandbytes 4-bit NormalFloat, blocks of 64, absmax        CPU, CUDA
+              double-quantized (8-bit, blocks of 256)
+fp4           bitsandbytes 4-bit float, blocks of 64                      CPU, CUDA
+int8          bitsandbytes LLM.int8: per-row int8, activation columns     CPU, CUDA
+              above 6.0 kept in fp16
+dynamic-int8  torch dynamic int8: per-tensor int8 weights, activations    CPU
+              quantized per batch
+============  ==========================================================  ===========
+
+In the quantized precisions the embeddings, LayerNorms, the pooler and the
+classification head stay in the compute dtype (float32 on CPU, where bf16
+matmuls are ~10x slower; bf16 on CUDA). On CPU bitsandbytes saves memory but
+not time; ``dynamic-int8`` is the CPU precision that is also faster.
+
+A folder written by :func:`save_quantized` loads back with
+``load_classifier(folder)`` in the precision it was saved in, without
+quantizing again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Literal, get_args
+
+import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+from torch.ao.quantization import quantize_dynamic
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from kd.inference import predict_logits
+from models.paths import resolve_model_path
+
+Precision = Literal["fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+BNB_PRECISIONS = ("nf4", "fp4", "int8")
+QUANTIZED_PRECISIONS = (*BNB_PRECISIONS, "dynamic-int8")
+
+HEAD_MODULES = ("classifier", "pre_classifier", "pooler.dense")
+"""Linear layers kept in the compute dtype: a 2-output head gains nothing from
+quantization, and bitsandbytes' CPU 4-bit kernel asserts out_features % 32 == 0.
+transformers 5 matches these names at a module boundary as a prefix or a
+suffix, so ``"pooler"`` alone would not match ``bert.pooler.dense``."""
+
+DYNAMIC_INT8_MARKER = "dynamic_int8.json"
+"""File that marks a folder as ``dynamic-int8``: its safetensors hold the
+float32 weights, quantized on load."""
+
+
+def _device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _bnb_precision(quantization_config: dict, where: str) -> Precision:
+    if quantization_config.get("quant_method") != "bitsandbytes":
+        raise ValueError(
+            f"{where} is quantized with {quantization_config.get('quant_method')!r}; "
+            f"only bitsandbytes ({', '.join(BNB_PRECISIONS)}) and dynamic-int8 load here"
+        )
+    if quantization_config.get("load_in_8bit"):
+        return "int8"
+    return quantization_config["bnb_4bit_quant_type"]
+
+
+def saved_precision(path: str | Path) -> Precision:
+    """The precision a checkpoint folder holds: ``nf4`` / ``fp4`` / ``int8``
+    from its config's ``quantization_config``, ``dynamic-int8`` from the
+    marker file, else ``bf16`` or ``fp32`` from the config's dtype."""
+    path = resolve_model_path(str(path))
+    if (Path(path) / DYNAMIC_INT8_MARKER).is_file():
+        return "dynamic-int8"
+    config = AutoConfig.from_pretrained(path)
+    quantization_config = getattr(config, "quantization_config", None)
+    if quantization_config is not None:
+        return _bnb_precision(quantization_config, path)
+    return "bf16" if config.dtype == torch.bfloat16 else "fp32"
+
+
+def precision_of(model: torch.nn.Module) -> Precision:
+    """The precision of a loaded model (the inverse of :func:`load_classifier`)."""
+    if any(isinstance(m, DynamicInt8Linear) for m in model.modules()):
+        return "dynamic-int8"
+    quantization_config = getattr(model.config, "quantization_config", None)
+    if quantization_config is not None:
+        if not isinstance(quantization_config, dict):
+            quantization_config = quantization_config.to_dict()
+        return _bnb_precision(quantization_config, "the model")
+    return "bf16" if model.dtype == torch.bfloat16 else "fp32"
+
+
+def _check_request(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if precision == "dynamic-int8" and device.type != "cpu":
+        raise ValueError(
+            f"dynamic-int8 runs on CPU only (torch's quantized kernels), not on {device}; "
+            f"use {', '.join(BNB_PRECISIONS)} there"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"bf16 is not supported by {torch.cuda.get_device_name(device)}")
+    if precision in BNB_PRECISIONS:
+        try:
+            import bitsandbytes
+        except ImportError as err:
+            raise ValueError(f"{precision} needs bitsandbytes: pip install bitsandbytes ({err})") from err
+        if device.type not in bitsandbytes.supported_torch_devices:
+            raise ValueError(
+                f"{precision} (bitsandbytes) cannot run on {device}; this bitsandbytes "
+                f"supports {sorted(bitsandbytes.supported_torch_devices)}"
+            )
+
+
+def bnb_config(precision: Precision, device: torch.device | str | None = None):
+    """The ``BitsAndBytesConfig`` for ``nf4``, ``fp4`` or ``int8`` on ``device``."""
+    from transformers import BitsAndBytesConfig
+
+    device = _device(device)
+    if precision == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(HEAD_MODULES))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=precision,
+        bnb_4bit_use_double_quant=precision == "nf4",
+        bnb_4bit_compute_dtype=_compute_dtype(device),
+        llm_int8_skip_modules=list(HEAD_MODULES),
+    )
+
+
+def _not_int8_cast_message(record: logging.LogRecord) -> bool:
+    # LLM.int8 quantizes activations from fp16 by design; bitsandbytes logs that
+    # cast on every layer of every forward when the model runs in float32/bf16.
+    return "will be cast from" not in record.getMessage()
+
+
+def _load_bnb(path: str, precision: Precision, device: torch.device, pre_quantized: bool):
+    import bitsandbytes as bnb
+
+    if precision == "int8":  # addFilter ignores a filter that is already there
+        logging.getLogger("bitsandbytes.autograd._functions").addFilter(_not_int8_cast_message)
+    compute_dtype = _compute_dtype(device)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        dtype=compute_dtype,
+        device_map={"": str(device)},
+        **({} if pre_quantized else {"quantization_config": bnb_config(precision, device)}),
+    )
+    # A folder quantized on CUDA stores compute dtype bf16; on CPU that is ~10x slower.
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.compute_dtype = compute_dtype
+    return model
+
+
+def _is_head(name: str) -> bool:
+    """Whether module ``name`` matches :data:`HEAD_MODULES` the way transformers matches them."""
+    return any(name == h or name.endswith("." + h) or name.startswith(h + ".") for h in HEAD_MODULES)
+
+
+def _quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    names = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not _is_head(n)}
+    return quantize_dynamic(model, names, dtype=torch.qint8, inplace=True)
+
+
+def load_classifier(
+    path: str | Path,
+    precision: Precision | None = None,
+    device: torch.device | str | None = None,
+):
+    """``(model, tokenizer)`` from a sequence-classifier folder, in eval mode.
+
+    ``precision=None`` loads the folder as saved (see :func:`saved_precision`).
+    A plain fp32/bf16 folder loads in any precision, quantizing on the way;
+    a quantized folder loads only in its own precision (there is nothing to
+    re-quantize from). ``device=None``: CUDA if available, else CPU.
+    """
+    path = resolve_model_path(str(path))
+    device = _device(device)
+    saved = saved_precision(path)
+    precision = saved if precision is None else precision
+    _check_request(precision, device)
+    if saved in QUANTIZED_PRECISIONS and precision != saved:
+        raise ValueError(
+            f"{path} holds a {saved} model; it loads only as {saved} "
+            f"(precision=None or {saved!r}), not as {precision}: quantize the fp32 checkpoint instead"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if precision in BNB_PRECISIONS:
+        model = _load_bnb(path, precision, device, pre_quantized=saved == precision)
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        if precision == "dynamic-int8":
+            model = _quantize_dynamic_int8(model)
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def save_quantized(model, tokenizer, out_dir: str | Path, precision: Precision | None = None) -> Path:
+    """Write ``model`` and ``tokenizer`` to ``out_dir`` so that
+    ``load_classifier(out_dir)`` returns the same model without re-quantizing.
+
+    ``precision`` (default: :func:`precision_of`) must match the model.
+
+    - fp32, bf16, nf4, fp4, int8: ``save_pretrained`` (safetensors; the
+      bitsandbytes packed weights and quantization state, with the config's
+      ``quantization_config``).
+    - dynamic-int8: torch's quantized tensors have no safetensors form and
+      this project never unpickles, so the folder holds the float32 weights
+      the model was quantized from (re-read from ``model.name_or_path``) and
+      :data:`DYNAMIC_INT8_MARKER`; quantizing on load is deterministic and
+      takes well under a second. Its size on disk is therefore fp32's.
+
+    A 4-bit model must be saved before its first forward on CPU: on a CPU with
+    AVX512-BF16, bitsandbytes 0.50 then repacks the weights for its CPU kernel
+    (absmax de-nested, transposed, in bf16), and the inverse that runs on save
+    re-quantizes the absmax (nf4: outputs shift) or leaves it transposed
+    (fp4, no double quantization: the model is corrupted, in memory and on disk).
+    """
+    out_dir = Path(out_dir)
+    actual = precision_of(model)
+    if precision is not None and precision != actual:
+        raise ValueError(f"asked to save as {precision}, but the model is {actual}")
+    if any(getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False)
+           for p in model.parameters()):
+        raise ValueError(
+            f"this {actual} model has already run on CPU, where bitsandbytes repacked its "
+            "weights in a form that does not save back faithfully; quantize again with "
+            "load_classifier(fp32_folder, precision) and save before the first forward"
+        )
+    if actual == "dynamic-int8":
+        if not model.name_or_path:
+            raise ValueError(
+                "a dynamic-int8 model is saved as the float32 weights it was quantized from; "
+                "load it with load_classifier(folder, 'dynamic-int8') so that folder is known"
+            )
+        fp32 = AutoModelForSequenceClassification.from_pretrained(model.name_or_path, dtype=torch.float32)
+        fp32.save_pretrained(out_dir)
+        marker = {"precision": "dynamic-int8", "quantized_from": str(model.name_or_path),
+                  "linear_layers_skipped": list(HEAD_MODULES)}
+        (out_dir / DYNAMIC_INT8_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    else:
+        model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Number of logical parameters, the same in every precision.
+
+    A bitsandbytes 4-bit weight is a flat uint8 tensor of ``n/2`` bytes (two
+    values each) whose logical shape is ``weight.quant_state.shape``; a torch
+    dynamic int8 Linear keeps weight and bias outside ``.parameters()``.
+    """
+    total = 0
+    for param in model.parameters():
+        quant_state = getattr(param, "quant_state", None)
+        total += quant_state.shape.numel() if quant_state is not None else param.numel()
+    for module in model.modules():
+        if isinstance(module, DynamicInt8Linear):
+            bias = module.bias()
+            total += module.weight().numel() + (bias.numel() if bias is not None else 0)
+    return total
+
+
+def _quant_state_tensors(state):
+    for value in vars(state).values():
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif type(value) is type(state):  # the nested state of double quantization
+            yield from _quant_state_tensors(value)
+
+
+def memory_footprint_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights and buffers as they sit in memory, each storage once.
+
+    Unlike transformers' ``get_memory_footprint()`` this counts the
+    bitsandbytes quantization state (4-bit absmax, code tables; int8 row
+    scales ``SCB``) and the int8 weights of torch dynamic Linears (as int8
+    values, not fbgemm's packed layout). Measure after a first forward: on
+    CPU, bitsandbytes then replaces nf4's double-quantized absmax by bf16.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    for param in model.parameters():
+        if getattr(param, "quant_state", None) is not None:
+            tensors.extend(_quant_state_tensors(param.quant_state))
+        if getattr(param, "SCB", None) is not None:
+            tensors.append(param.SCB)
+    for module in model.modules():
+        if isinstance(module, DynamicInt8Linear):
+            tensors.extend(t for t in (module.weight(), module.bias()) if t is not None)
+    seen, total = set(), 0
+    for tensor in tensors:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def size_on_disk_bytes(folder: str | Path) -> int:
+    """Total bytes of the files under ``folder`` (weights, config, tokenizer)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(
+    model, tokenizer, urls: list[str], *, batch_size: int = 1, warmup: int = 5, repeats: int = 50,
+    max_length: int = 128,
+) -> float:
+    """Median milliseconds to score one batch of ``batch_size`` URLs, end to end
+    (normalise, tokenise, pad, forward) through :func:`kd.inference.predict_logits`.
+
+    Batch ``i`` holds ``urls[i*b : (i+1)*b]`` (cycling), so the times cover a
+    spread of lengths; the first ``warmup`` batches are not timed.
+    """
+    device = next(model.parameters()).device
+    times = []
+    for i in range(warmup + repeats):
+        batch = [urls[(i * batch_size + j) % len(urls)] for j in range(batch_size)]
+        _synchronize(device)
+        start = time.perf_counter()
+        predict_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)
+        _synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def measure_throughput(
+    model, tokenizer, urls: list[str], *, batch_size: int = 256, max_length: int = 128
+) -> float:
+    """URLs per second scoring all of ``urls`` (bucketed by length, as the
+    evaluation does) after one warm-up batch, end to end as in :func:`measure_latency`."""
+    device = next(model.parameters()).device
+    predict_logits(model, tokenizer, urls[:batch_size], batch_size=batch_size, max_length=max_length)
+    _synchronize(device)
+    start = time.perf_counter()
+    predict_logits(model, tokenizer, urls, batch_size=batch_size, max_length=max_length)
+    _synchronize(device)
+    return len(urls) / (time.perf_counter() - start)
