@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertForSequenceClassification
 from conftest import save_tiny_classifier
 
 from kd.inference import predict_proba
