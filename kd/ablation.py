@@ -1,0 +1,220 @@
+"""Run a grid of distillation runs and tabulate mean ± std over seeds.
+
+    python -m kd.ablation configs/ablation-minilm.yaml
+    python -m kd.ablation configs/ablation-minilm.yaml --set train.epochs=1   # applied to every cell
+
+A grid file::
+
+    base: student-minilm              # the preset every cell starts from
+    set: [train.epochs=3]             # overrides for every cell
+    out_dir: runs/ablation
+    grid:
+      objectives: [ce, "fkl@T={T}", "rkl@T={T}", "fkl@T={T},hidden_mse@map=uniform"]
+      temperatures: [2]               # fills {T}; objectives without {T} run once
+      seeds: [0, 1, 2]
+      students:                       # named shapes: overrides of the student section
+        L3: {student.num_layers: 3}
+
+Each cell writes OUT/cells/<name>/ (a normal student run). A cell whose
+results.json exists is not run again, so an interrupted ablation continues
+where it stopped. Writes OUT/cells.csv (one row per cell), OUT/summary.csv
+and OUT/summary.md (mean ± std over seeds), OUT/summary.png (F1 bar chart)
+and TensorBoard hparams under OUT/tb.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+METRICS = ("f1", "roc_auc", "tpr_at_1pct_fpr", "accuracy")
+
+
+@dataclass(frozen=True)
+class Cell:
+    objective: str
+    temperature: float | None
+    shape: str
+    seed: int
+    overrides: tuple[str, ...]
+
+    @property
+    def group(self) -> str:
+        t = "" if self.temperature is None else f"|T={self.temperature:g}"
+        return f"{self.objective}{t}|{self.shape}"
+
+    @property
+    def name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{self.group}|seed={self.seed}")
+
+
+def expand_grid(grid: dict) -> list[Cell]:
+    """All cells of the grid, objectives × temperatures × student shapes × seeds."""
+    known = {"objectives", "temperatures", "seeds", "students"}
+    if set(grid) - known:
+        raise ValueError(f"unknown grid key(s) {sorted(set(grid) - known)}; known: {sorted(known)}")
+    if not grid.get("objectives"):
+        raise ValueError("the grid needs at least one objective")
+    students = grid.get("students") or {"default": {}}
+    cells = []
+    for template in grid["objectives"]:
+        temps = [None]
+        if "{T}" in template:
+            temps = grid.get("temperatures") or []
+            if not temps:
+                raise ValueError(f"objective {template!r} uses {{T}} but the grid has no temperatures")
+        for temp in temps:
+            objective = template.replace("{T}", f"{temp:g}") if temp is not None else template
+            for shape, shape_overrides in students.items():
+                for seed in grid.get("seeds") or [0]:
+                    overrides = (f"distill.objective={objective}", f"train.seed={seed}",
+                                 *(f"{k}={v}" for k, v in (shape_overrides or {}).items()))
+                    cells.append(Cell(template.replace("@T={T}", ""), temp, shape, int(seed), overrides))
+    return cells
+
+
+def cell_row(cell: Cell, run_dir: Path, latency_ms: float) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    test = results["sets"]["test"]
+    c = results["comparison"]
+    return {
+        "group": cell.group, "objective": cell.objective, "temperature": cell.temperature, "student": cell.shape,
+        "seed": cell.seed, **{m: test[m] for m in METRICS},
+        "parameters": c["student_parameters"], "teacher_parameters": c["teacher_parameters"],
+        "size_mb": c["student_size_mb"], "teacher_size_mb": c["teacher_size_mb"], "percent_smaller": c["percent_smaller"],
+        "cpu_latency_ms": latency_ms, "train_seconds": results["train_seconds"],
+    }
+
+
+def cpu_latency_ms(run_dir: Path, urls: list[str]) -> float:
+    """Median CPU milliseconds to score one URL (batch 1) with the cell's best model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from models.quantized import measure_latency
+
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "best").to(torch.device("cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "best")
+    return measure_latency(model, tokenizer, urls, batch_size=1, warmup=5, repeats=50)
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation (ddof=1; 0 for one seed) over seeds per group."""
+    out = []
+    for group in dict.fromkeys(r["group"] for r in rows):
+        members = [r for r in rows if r["group"] == group]
+        summary = {"group": group, "seeds": len(members)}
+        for key in (*METRICS, "cpu_latency_ms"):
+            values = np.array([r[key] for r in members], dtype=float)
+            summary[f"{key}_mean"] = float(values.mean())
+            summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        for key in ("parameters", "teacher_parameters", "size_mb", "teacher_size_mb", "percent_smaller"):
+            summary[key] = members[0][key]
+        out.append(summary)
+    return out
+
+
+def markdown_table(summary: list[dict]) -> str:
+    head = "| objective / student | seeds | params (student / teacher) | size MB | % smaller | F1 | ROC-AUC | TPR@1%FPR | CPU ms/URL |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for s in summary:
+        def pm(key, digits=4):
+            return f"{s[key + '_mean']:.{digits}f} ± {s[key + '_std']:.{digits}f}"
+        lines.append(
+            f"| {s['group']} | {s['seeds']} | {s['parameters'] / 1e6:.2f}M / {s['teacher_parameters'] / 1e6:.2f}M | "
+            f"{s['size_mb']:.1f} | {s['percent_smaller']:.1f} | {pm('f1')} | {pm('roc_auc')} | {pm('tpr_at_1pct_fpr')} | "
+            f"{pm('cpu_latency_ms', 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def bar_chart(summary: list[dict], teacher_f1: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(summary)), 4))
+    x = np.arange(len(summary))
+    ax.bar(x, [s["f1_mean"] for s in summary], yerr=[s["f1_std"] for s in summary], capsize=4, color="tab:blue")
+    if np.isfinite(teacher_f1):
+        ax.axhline(teacher_f1, color="tab:red", linestyle="--", label=f"teacher F1 {teacher_f1:.3f}")
+        ax.legend(loc="lower right")
+    lows = [s["f1_mean"] - s["f1_std"] for s in summary] + ([teacher_f1] if np.isfinite(teacher_f1) else [])
+    ax.set_ylim(max(0.0, min(lows) - 0.03), 1.0)
+    ax.set_xticks(x, [s["group"] for s in summary], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test F1 (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv=None) -> list[dict]:
+    import train_student
+    from kd.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", help="grid YAML file (see above)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
+    parser.add_argument("--out", help="ablation folder (default: the grid file's out_dir)")
+    args = parser.parse_args(argv)
+
+    spec = yaml.safe_load(Path(args.grid).read_text())
+    unknown = set(spec) - {"base", "set", "out_dir", "grid"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: base, set, out_dir, grid")
+    out = Path(args.out or spec.get("out_dir", "runs/ablation"))
+    cells = expand_grid(spec["grid"])
+    print(f"ablation: {len(cells)} cells -> {out}")
+    rows = []
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"))
+    for number, cell in enumerate(cells, 1):
+        run_dir = out / "cells" / cell.name
+        cfg = load_config(train_student.StudentRunConfig, spec.get("base"), [*spec.get("set", []), *args.set, *cell.overrides, f"out_dir={run_dir}"])
+        if (run_dir / "results.json").is_file():
+            print(f"[{number}/{len(cells)}] {cell.name}: done earlier, not re-run")
+        else:
+            resume = (run_dir / "last" / "trainer_state").is_dir()
+            print(f"[{number}/{len(cells)}] {cell.name}" + (" (resuming)" if resume else ""))
+            train_student.run(cfg, resume=resume)
+        latency_file = run_dir / "cpu_latency.json"
+        if not latency_file.is_file():
+            with open(run_dir / "splits.csv", newline="") as handle:
+                urls = [row["url"] for row, _ in zip(csv.DictReader(handle), range(200))]
+            latency_file.write_text(json.dumps({"cpu_latency_ms_batch1": cpu_latency_ms(run_dir, urls)}))
+        row = cell_row(cell, run_dir, json.loads(latency_file.read_text())["cpu_latency_ms_batch1"])
+        rows.append(row)
+        writer.add_hparams(
+            {"objective": cell.objective, "temperature": cell.temperature or 0.0, "student": cell.shape, "seed": cell.seed},
+            {f"hparam/{m}": row[m] for m in METRICS},
+            run_name=cell.name,
+        )
+    writer.close()
+    summary = summarise(rows)
+    write_csv(rows, out / "cells.csv")
+    write_csv(summary, out / "summary.csv")
+    table = markdown_table(summary)
+    (out / "summary.md").write_text(table + "\n")
+    teacher_results = json.loads((out / "cells" / cells[0].name / "results.json").read_text())["comparison"]
+    bar_chart(summary, teacher_results["teacher_test_f1"], out / "summary.png")
+    print(table)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

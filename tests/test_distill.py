@@ -1,0 +1,144 @@
+"""Distillation: teacher-logit cache alignment, the student recipe end to end, ablation resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from conftest import make_url_rows, write_csv
+from kd.batching import TokenizedSet, collate, length_bucketed_batches, tokenize
+from kd.data import Examples
+from kd.distill import cached_teacher_logits, distillation_loss, example_keys
+from kd.inference import predict_tokenized
+from kd.loop import forward_backward
+from losses import build_objective
+
+
+@pytest.fixture(scope="module")
+def teacher_and_data(tiny_bert_dir):
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    urls = [u.split("//")[1] for u, _ in make_url_rows(48)]
+    examples = Examples(urls, [i % 2 for i in range(48)])
+    return teacher, tokenizer, examples, tokenize(examples, tokenizer, 64)
+
+
+def test_example_keys_are_stable_and_distinct():
+    keys = example_keys(["a.com", "b.com", "a.com"])
+    assert keys[0] == keys[2] != keys[1] and keys.dtype == np.int64 and (keys >= 0).all()
+
+
+def test_cache_is_keyed_by_example_not_position(teacher_and_data, tmp_path):
+    teacher, tokenizer, examples, data = teacher_and_data
+    cache = tmp_path / "cache.safetensors"
+    first = cached_teacher_logits(teacher, data, examples.urls, cache)
+    torch.testing.assert_close(first, torch.from_numpy(predict_tokenized(teacher, data)))
+    # A shuffled subset plus unseen URLs: cached rows are looked up by URL, new ones computed and appended.
+    order = np.random.default_rng(0).permutation(len(examples))[:30]
+    new_urls = ["fresh-domain.org/x", "other.net/login"]
+    shuffled = Examples([examples.urls[i] for i in order] + new_urls, [0] * 32)
+    shuffled_data = tokenize(shuffled, tokenizer, 64)
+    again = cached_teacher_logits(teacher, shuffled_data, shuffled.urls, cache)
+    torch.testing.assert_close(again[:30], first[torch.from_numpy(order)])
+    torch.testing.assert_close(again[30:], torch.from_numpy(predict_tokenized(teacher, shuffled_data))[30:])
+
+
+def test_cached_and_live_teacher_give_the_same_gradients_under_shuffling_and_accumulation(teacher_and_data, tmp_path, tiny_bert_dir):
+    teacher, _, examples, data = teacher_and_data
+    logits = cached_teacher_logits(teacher, data, examples.urls, tmp_path / "c.safetensors")
+    objective = build_objective("ce:0.5,fkl:0.5@T=2")
+    batches = length_bucketed_batches(data.lengths, 6, seed=3, epoch=1)[:4]  # shuffled, unequal lengths
+    grads = []
+    for loss_fn in (distillation_loss(objective, teacher_logits=logits), distillation_loss(objective, teacher=teacher)):
+        torch.manual_seed(0)
+        student = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        forward_backward(student, loss_fn, [collate(data, b) for b in batches])
+        grads.append(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    # A cache looked up by batch position instead of example index would differ:
+    wrong = logits.roll(1, 0)
+    student = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    forward_backward(student, distillation_loss(objective, teacher_logits=wrong), [collate(data, b) for b in batches])
+    assert not torch.allclose(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]), grads[0], rtol=1e-3)
+
+
+def test_transfer_examples_count_for_soft_terms_only(teacher_and_data, tmp_path):
+    teacher, _, examples, data = teacher_and_data
+    logits = cached_teacher_logits(teacher, data, examples.urls, tmp_path / "c.safetensors")
+    unlabelled = TokenizedSet(data.input_ids, np.full(len(data), -100), data.pad_token_id)
+    batch = collate(unlabelled, np.arange(8))
+    student = AutoModelForSequenceClassification.from_pretrained(teacher.name_or_path)
+    with torch.no_grad():  # a student equal to its teacher has zero KL
+        student.classifier.weight.add_(torch.randn_like(student.classifier.weight))
+    soft = distillation_loss(build_objective("fkl@T=2"), teacher_logits=logits)(student, batch)
+    hard = distillation_loss(build_objective("ce"), teacher_logits=logits)(student, batch)
+    assert soft > 0 and hard == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_run(tmp_path_factory, tiny_bert_dir):
+    import train_teacher
+    from kd.config import RunConfig, load_config
+
+    root = tmp_path_factory.mktemp("distill")
+    data_csv = write_csv(root / "urls.csv", make_url_rows(160))
+    cfg = load_config(RunConfig, None, [
+        f"model.name_or_path={tiny_bert_dir}", f"data.sources=[{data_csv}]", "data.split=random",
+        "train.epochs=2", "train.batch_size=16", "train.lr=1e-3", f"out_dir={root / 'teacher'}",
+    ])
+    train_teacher.run(cfg)
+    return root
+
+
+def student_overrides(root, name, *extra):
+    return [f"teacher={root / 'teacher' / 'best'}", "student.num_layers=1", "train.epochs=1", "train.batch_size=16",
+            "train.lr=1e-3", f"distill.cache_dir={root / 'cache'}", f"out_dir={root / name}", *extra]
+
+
+@pytest.mark.parametrize("objective", ["ce:0.5,fkl:0.5@T=2", "rkl@T=2,hidden_mse@map=uniform"])
+def test_student_recipe_with_pruned_vocabulary(tiny_teacher_run, objective):
+    import train_student
+    from kd.config import load_config
+
+    root = tiny_teacher_run
+    name = "student-" + objective.split(",")[-1].split("@")[0]
+    cfg = load_config(train_student.StudentRunConfig, None, student_overrides(root, name, f"distill.objective={objective}", "student.prune_vocab=true"))
+    results = train_student.run(cfg)
+    comparison = results["comparison"]
+    assert comparison["student_parameters"] < comparison["teacher_parameters"] / 4  # 1 of 2 layers, pruned vocabulary
+    assert comparison["percent_smaller"] > 50
+    best = root / name / "best"
+    model = AutoModelForSequenceClassification.from_pretrained(best)
+    tokenizer = AutoTokenizer.from_pretrained(best)
+    assert model.config.vocab_size == len(tokenizer) < 30522 and model.config.num_hidden_layers == 1
+    info = json.loads((best / "run_info.json").read_text())
+    assert info["objective"].startswith(objective.split(":")[0].split("@")[0]) and info["vocabulary_pruning"]
+    teacher_split = (root / "teacher" / "splits.csv").read_text()
+    assert (root / name / "splits.csv").read_text() == teacher_split  # the teacher's split, exactly
+
+
+def test_ablation_writes_tables_and_skips_finished_cells(tiny_teacher_run, monkeypatch):
+    import train_student
+    from kd import ablation
+
+    root = tiny_teacher_run
+    grid = {
+        "set": student_overrides(root, "unused"),
+        "out_dir": str(root / "ablation"),
+        "grid": {"objectives": ["ce", "fkl@T={T}"], "temperatures": [2], "seeds": [0, 1], "students": {"L1": {"student.num_layers": 1}}},
+    }
+    grid_file = root / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    summary = ablation.main([str(grid_file)])
+    assert [s["group"] for s in summary] == ["ce|L1", "fkl|T=2|L1"] and all(s["seeds"] == 2 for s in summary)
+    for name in ("cells.csv", "summary.csv", "summary.md", "summary.png"):
+        assert (root / "ablation" / name).is_file()
+    assert "±" in (root / "ablation" / "summary.md").read_text()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(train_student, "run", must_not_run)
+    assert ablation.main([str(grid_file)]) == summary
