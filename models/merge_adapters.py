@@ -1,0 +1,30 @@
+"""Merge trained LoRA adapters into a full-precision copy of their base model.
+
+    python -m models.merge_adapters ADAPTER_DIR OUT_DIR [--dtype bfloat16]
+
+OUT_DIR is a plain Hugging Face folder (safetensors, tokenizer, and
+``generative.json`` with the prompt format) that loads without peft.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from models.generative import merge_adapters
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m models.merge_adapters", description=__doc__.split("\n")[0])
+    parser.add_argument("adapter_dir", help="folder written by save_adapters (adapters + generative.json)")
+    parser.add_argument("out_dir", help="where to write the merged model")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
+    args = parser.parse_args(argv)
+    out = merge_adapters(args.adapter_dir, args.out_dir, dtype=DTYPES[args.dtype])
+    print(f"merged model written to {out}")
+
+
+if __name__ == "__main__":
+    main()
