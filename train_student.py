@@ -15,6 +15,7 @@ keyed by URL. Writes the same run folder as train_teacher.py, plus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -156,6 +157,9 @@ def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
     teacher = load_teacher(cfg.teacher, device)
     teacher_tokenizer = load_tokenizer(cfg.teacher)
     data_cfg = teacher_data_config(cfg)
+    # Record the resolved spec, not only the overrides, so that the student's run_info.json
+    # rebuilds its split without the teacher (kd.evaluate, quantize.py).
+    cfg.data = dataclasses.asdict(data_cfg)
     splits = build_splits(data_cfg)
     transfer = transfer_examples(cfg, data_cfg, splits, log)
     log(splits.report.summary())

@@ -23,6 +23,15 @@ from kd.loop import autocast_dtype
 from kd.sources import SourceSpec
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that replace or extend a checkpoint's data spec (read by :func:`data_config_for`)."""
+    parser.add_argument("--config", help="YAML preset whose data section to use instead of the checkpoint's")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override data fields, e.g. data.split=random")
+    parser.add_argument("--source", action="append", metavar="PATH[:k=v,...]", help="replace the sources that are split into train/validation/test")
+    parser.add_argument("--test-source", action="append", metavar="NAME=PATH[:k=v,...]", help="add a source to the extra test set NAME (repeatable)")
+    parser.add_argument("--data-dir", help="folder that relative source paths resolve against")
+
+
 def data_config_for(model_dir: Path, args) -> DataConfig:
     """The checkpoint's own data spec unless the command line gives another."""
     if args.config or args.set:
@@ -49,11 +58,7 @@ def main(argv=None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved model folder (teacher, student or quantized)")
-    parser.add_argument("--config", help="YAML preset whose data section to use instead of the checkpoint's")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override data fields, e.g. data.split=random")
-    parser.add_argument("--source", action="append", metavar="PATH[:k=v,...]", help="replace the sources that are split into train/validation/test")
-    parser.add_argument("--test-source", action="append", metavar="NAME=PATH[:k=v,...]", help="add a source to the extra test set NAME (repeatable)")
-    parser.add_argument("--data-dir", help="folder that relative source paths resolve against")
+    add_data_arguments(parser)
     parser.add_argument("--max-length", type=int, default=128, help="tokens per URL (default 128)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", help="output folder (default: <model>/../eval-<model name>)")

@@ -74,16 +74,17 @@ def write_csv(path: Path, rows, header=("url", "label")) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
-    """A randomly initialised 2-layer, 32-wide BERT classifier folder with the
-    real WordPiece tokenizer (fast to train on a CPU)."""
+    """A randomly initialised 2-layer, 64-wide BERT classifier folder with the
+    real WordPiece tokenizer (fast to train on a CPU; 64 wide because
+    bitsandbytes' 4-bit CPU kernel needs rows of at least one 64-value block)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=160, num_labels=2,
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=160, num_labels=2,
     )
     BertForSequenceClassification(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(folder)
@@ -111,3 +112,25 @@ def save_tiny_classifier(folder, seed=0):
     BertForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_run(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A folder with a tiny BERT teacher trained 2 epochs on 160 generated URLs (``teacher/``)."""
+    import train_teacher
+    from kd.config import RunConfig, load_config
+
+    root = tmp_path_factory.mktemp("distill")
+    data_csv = write_csv(root / "urls.csv", make_url_rows(160))
+    cfg = load_config(RunConfig, None, [
+        f"model.name_or_path={tiny_bert_dir}", f"data.sources=[{data_csv}]", "data.split=random",
+        "train.epochs=2", "train.batch_size=16", "train.lr=1e-3", f"out_dir={root / 'teacher'}",
+    ])
+    train_teacher.run(cfg)
+    return root
+
+
+def student_overrides(root, name, *extra) -> list[str]:
+    """Config overrides for a 1-layer, 1-epoch student of the ``tiny_teacher_run`` teacher."""
+    return [f"teacher={root / 'teacher' / 'best'}", "student.num_layers=1", "train.epochs=1", "train.batch_size=16",
+            "train.lr=1e-3", f"distill.cache_dir={root / 'cache'}", f"out_dir={root / name}", *extra]

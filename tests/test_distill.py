@@ -7,7 +7,7 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import make_url_rows, write_csv
+from conftest import make_url_rows, student_overrides
 from kd.batching import TokenizedSet, collate, length_bucketed_batches, tokenize
 from kd.data import Examples
 from kd.distill import cached_teacher_logits, distillation_loss, example_keys
@@ -75,26 +75,6 @@ def test_transfer_examples_count_for_soft_terms_only(teacher_and_data, tmp_path)
     soft = distillation_loss(build_objective("fkl@T=2"), teacher_logits=logits)(student, batch)
     hard = distillation_loss(build_objective("ce"), teacher_logits=logits)(student, batch)
     assert soft > 0 and hard == 0
-
-
-@pytest.fixture(scope="module")
-def tiny_teacher_run(tmp_path_factory, tiny_bert_dir):
-    import train_teacher
-    from kd.config import RunConfig, load_config
-
-    root = tmp_path_factory.mktemp("distill")
-    data_csv = write_csv(root / "urls.csv", make_url_rows(160))
-    cfg = load_config(RunConfig, None, [
-        f"model.name_or_path={tiny_bert_dir}", f"data.sources=[{data_csv}]", "data.split=random",
-        "train.epochs=2", "train.batch_size=16", "train.lr=1e-3", f"out_dir={root / 'teacher'}",
-    ])
-    train_teacher.run(cfg)
-    return root
-
-
-def student_overrides(root, name, *extra):
-    return [f"teacher={root / 'teacher' / 'best'}", "student.num_layers=1", "train.epochs=1", "train.batch_size=16",
-            "train.lr=1e-3", f"distill.cache_dir={root / 'cache'}", f"out_dir={root / name}", *extra]
 
 
 @pytest.mark.parametrize("objective", ["ce:0.5,fkl:0.5@T=2", "rkl@T=2,hidden_mse@map=uniform"])

@@ -1,0 +1,74 @@
+"""quantize.py end to end on a tiny teacher and its 1-layer student (CPU, seconds)."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import student_overrides
+from kd.inference import predict_proba
+from models.quantized import load_classifier
+
+
+@pytest.fixture(scope="module")
+def student_dir(tiny_teacher_run):
+    import train_student
+    from kd.config import load_config
+
+    cfg = load_config(train_student.StudentRunConfig, None, student_overrides(tiny_teacher_run, "student-for-quantize"))
+    train_student.run(cfg)
+    return tiny_teacher_run / "student-for-quantize" / "best"
+
+
+@pytest.fixture(scope="module")
+def report(tiny_teacher_run, student_dir):
+    import quantize
+
+    return quantize.main([
+        "--student", str(student_dir), "--teacher", str(tiny_teacher_run / "teacher" / "best"),
+        "--precisions", "nf4", "dynamic-int8", "--out", str(tiny_teacher_run / "quantized"),
+        "--latency-repeats", "3", "--throughput-urls", "64",
+    ])
+
+
+def test_report_has_every_variant_and_every_column(report, tiny_teacher_run):
+    out = tiny_teacher_run / "quantized"
+    assert [(r["role"], r["precision"]) for r in report["rows"]] == [
+        ("teacher", "fp32"), ("teacher", "bf16"), ("student", "fp32"), ("student", "bf16"),
+        ("student", "nf4"), ("student", "dynamic-int8"),
+    ]
+    for row in report["rows"]:
+        for key in ("parameters", "disk_bytes", "memory_bytes", "accuracy", "f1", "roc_auc", "tpr_at_1pct_fpr",
+                    "latency_ms_batch1", "throughput_urls_per_s_batch256", "percent_smaller_memory", "percent_smaller_disk"):
+            assert np.isfinite(row[key]), (row["precision"], key)
+    assert report["rows"][0]["percent_smaller_memory"] == 0
+    assert all(r["sets"]["test"]["n"] == 16 for r in report["rows"])  # the student's own split, from its run_info
+    assert json.loads((out / "report.json").read_text())["rows"][4]["precision"] == "nf4"
+    assert (out / "report.md").read_text().count("\n| student |") == 4
+    assert (out / "size_vs_f1.png").stat().st_size > 0
+
+
+def test_sizes_shrink_with_precision(report):
+    rows = {(r["role"], r["precision"]): r for r in report["rows"]}
+    fp32, bf16, nf4 = rows["student", "fp32"], rows["student", "bf16"], rows["student", "nf4"]
+    assert fp32["parameters"] == bf16["parameters"] == nf4["parameters"]
+    assert bf16["memory_bytes"] < 0.6 * fp32["memory_bytes"]
+    assert nf4["memory_bytes"] < fp32["memory_bytes"]
+    assert fp32["percent_smaller_memory"] > 0  # the student has half the teacher's layers
+
+
+def test_saved_variant_reloads_and_predict_uses_its_threshold(report):
+    from kd.predict import default_threshold
+
+    row = next(r for r in report["rows"] if r["precision"] == "nf4")
+    model, tokenizer = load_classifier(row["folder"])
+    threshold, source = default_threshold(row["folder"])
+    assert threshold == pytest.approx(row["threshold"]) and source.endswith("metrics.json")
+    probs = predict_proba(model, tokenizer, ["example.com/login", "paypal.com.secure-update.tk/verify"])
+    assert probs.shape == (2,) and np.all((probs >= 0) & (probs <= 1))
+
+
+def test_unknown_set_is_a_clear_error(tiny_teacher_run, student_dir):
+    import quantize
+
+    with pytest.raises(SystemExit, match="no set named"):
+        quantize.main(["--student", str(student_dir), "--sets", "nope", "--out", str(tiny_teacher_run / "q2")])
