@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The URL data: the first of ../shared/data and ./data that exists (override: make demo DATA=path).
 DATA ?= $(firstword $(wildcard ../shared/data ./data))
-DEMO_OUT ?= runs/demo
+DEMO_OUT ?= runs/teacher-minilm
 
 .PHONY: install test test-fast demo clean
 

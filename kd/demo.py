@@ -1,6 +1,6 @@
 """The quick start: train the offline MiniLM teacher and print its results table.
 
-    make demo            # = python -m kd.demo --out runs/demo
+    make demo            # = python -m kd.demo --out runs/teacher-minilm
 
 Trains the packaged MiniLM-L6 on the Hannousse URLs (split by registrable
 domain), evaluates it on its test split and cross-data-set on ISCX benign +
@@ -24,7 +24,7 @@ from kd.runinfo import device_description
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    parser.add_argument("--out", default="runs/teacher-minilm", help="run folder (default: runs/teacher-minilm, where the student preset looks for its teacher)")
     parser.add_argument("--config", default="teacher-minilm", help="preset to train (default: teacher-minilm)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as in train_teacher.py")
     args = parser.parse_args(argv)
