@@ -46,6 +46,38 @@ def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Replace each parameter's gradient by its mean over all ranks, in place.
+
+    What DDP does for the model it wraps, for trainable parameters outside it
+    (e.g. an objective's hidden-state projections): one all-reduce of all the
+    gradients flattened into one buffer of ``sum(p.numel())`` values. A
+    parameter without a gradient counts as zero (every rank must send the same
+    layout). Identity in a single process.
+    """
+    if not info.enabled or not params:
+        return
+    for param in params:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    flat = torch.cat([param.grad.reshape(-1) for param in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= info.world_size
+    for param, piece in zip(params, flat.split([param.numel() for param in params])):
+        param.grad.copy_(piece.view_as(param))
+
+
+def broadcast_parameters(modules: list[torch.nn.Module], info: DistInfo) -> None:
+    """Copy rank 0's parameters and buffers of ``modules`` to every rank (what
+    DDP does for the model it wraps when it is built). Identity in a single process."""
+    if not info.enabled:
+        return
+    with torch.no_grad():
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

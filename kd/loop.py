@@ -9,7 +9,9 @@ One optimizer step, top to bottom (:func:`train`):
 3. for each micro-batch: ``loss_fn(model, batch)`` returns the loss *summed*
    over its items; backward ``sum / n_items_step * world_size`` (DDP averages
    gradients over ranks, the factor undoes that), so accumulation and data
-   parallelism leave the objective unchanged;
+   parallelism leave the objective unchanged; trainable modules outside the
+   model (``extra_modules``, e.g. hidden-state projections) are not wrapped
+   in DDP, so their gradients are averaged over ranks explicitly, the same way;
 4. unscale (fp16), clip the gradient norm, optimizer and scheduler step;
 5. every ``eval_every`` steps and at each epoch end: evaluate, keep the best
    checkpoint by the chosen validation metric, stop early after ``patience``
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from kd.checkpoint import (
     write_checkpoint,
     write_json,
 )
-from kd.distributed import DistInfo, all_reduce_sum, barrier
+from kd.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -141,12 +143,18 @@ def forward_backward(
     dist_info: DistInfo = DistInfo(),
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    extra_params: Sequence[torch.Tensor] = (),
 ) -> torch.Tensor:
-    """Accumulate the gradients of one optimizer step; return its mean loss (detached).
+    """Accumulate the gradients of one optimizer step; return its mean loss over
+    all ranks' items (detached, the same on every rank).
 
     Each micro-batch's summed loss is divided by the item count of the whole
     step over all ranks, so the accumulated gradient equals that of one big
-    batch, whatever the micro-batch sizes or padding.
+    batch, whatever the micro-batch sizes or padding. Under DDP each rank's
+    backward carries ``world_size * local_sum / n_items``; DDP averages the
+    model's gradients over ranks and ``extra_params`` (trainable parameters
+    that ``loss_fn`` uses outside the DDP-wrapped model) are averaged here
+    after the last micro-batch, so both end at ``global_sum / n_items``.
     """
     device = micro_batches[0]["input_ids"].device
     n_items = all_reduce_sum(sum(b["n_items"] for b in micro_batches).to(device, torch.float32), dist_info)
@@ -160,7 +168,9 @@ def forward_backward(
         loss = loss_sum.float() / n_items * dist_info.world_size
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += loss.detach()
-    return total / dist_info.world_size
+    average_gradients(list(extra_params), dist_info)
+    # Each rank's total is its share local_sum / n_items, times world_size.
+    return all_reduce_sum(total, dist_info) / dist_info.world_size
 
 
 def log_window(writer, progress, window: dict, loss, grad_norm, scheduler, step: int, dist_info: DistInfo) -> dict:
@@ -213,6 +223,7 @@ def train(
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+        broadcast_parameters(list(extra_modules.values()), dist_info)
     if cfg.compile:
         model = torch.compile(model, dynamic=True)
     modules = {"model": raw_model, **extra_modules}
@@ -290,6 +301,7 @@ def train(
     from tqdm.auto import tqdm
 
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    extra_params = [p for m in extra_modules.values() for p in m.parameters() if p.requires_grad]
     progress = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", disable=not dist_info.is_main, dynamic_ncols=True)
     raw_model.train()
     stopped_early = False
@@ -306,7 +318,8 @@ def train(
         while True:
             group = batches[state["batch_in_epoch"] : state["batch_in_epoch"] + cfg.grad_accum]
             micro = [to_device(collate_fn(train_set, idx), device) for idx in group]
-            loss = forward_backward(model, loss_fn, micro, dist_info=dist_info, amp_dtype=amp_dtype, scaler=scaler)
+            loss = forward_backward(model, loss_fn, micro, dist_info=dist_info, amp_dtype=amp_dtype, scaler=scaler,
+                                    extra_params=extra_params)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -1,0 +1,197 @@
+"""DDP on CPU: 2 gloo ranks x B/2 make the same update as 1 process x B; only rank 0 writes.
+
+Both ranks run once, in one ``torch.multiprocessing.spawn`` (module fixture),
+and write what they computed to files; the tests compare that with the same
+step computed here in a single process.
+"""
+import contextlib
+import io
+import json
+import os
+import socket
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, BertForSequenceClassification
+
+from kd.batching import TokenizedSet, collate
+from kd.classifier import cross_entropy_sum
+from kd.distill import distillation_loss
+from kd.distributed import DistInfo, init_distributed
+from kd.loop import TrainConfig, build_optimizer, forward_backward, train
+from losses import build_objective
+
+WORLD = 2
+DISTILL_SPEC = "fkl@T=2,hidden_mse@map=uniform"
+SHARDS = {
+    # Rank r's examples of the 12 (sorted by length, so each rank pads differently).
+    "equal": [np.arange(0, 6), np.arange(6, 12)],
+    # Unequal counts: per-rank means averaged over ranks would differ from the global mean.
+    "unequal": [np.arange(0, 4), np.arange(4, 12)],
+}
+CASES = {  # name -> (objective spec or None for plain cross-entropy, shards)
+    "ce_equal": (None, "equal"),
+    "ce_unequal": (None, "unequal"),
+    "distill_unequal": (DISTILL_SPEC, "unequal"),
+}
+
+
+def bert(hidden: int, layers: int, seed: int) -> BertForSequenceClassification:
+    """A tiny random BERT classifier without dropout (ranks must compute what one process computes)."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(config)
+
+
+def url_like_set(n: int, seed: int = 0) -> TokenizedSet:
+    """``n`` random token sequences of 3 to 40 tokens, sorted by length."""
+    rng = np.random.default_rng(seed)
+    ids = sorted(([1, *rng.integers(3, 64, size=rng.integers(1, 39)).tolist(), 2] for _ in range(n)), key=len)
+    return TokenizedSet(ids, rng.integers(0, 2, size=n), pad_token_id=0)
+
+
+def build_case(spec: str | None, seed: int = 0):
+    """``(student, loss_fn, extra_modules)``: plain cross-entropy, or distillation from a
+    wider, deeper live teacher through an objective with trainable projections (16 -> 32)."""
+    student = bert(16, 2, seed)
+    if spec is None:
+        return student, cross_entropy_sum, {}
+    teacher = bert(32, 4, 100)
+    torch.manual_seed(seed + 1)
+    objective = build_objective(spec, student_hidden_size=16, teacher_hidden_size=32,
+                                student_num_layers=2, teacher_num_layers=4)
+    assert any(True for _ in objective.parameters()), "the objective should carry trainable projections"
+    return student, distillation_loss(objective, teacher=teacher), {"objective": objective}
+
+
+def named_params(student, extra: dict) -> dict[str, torch.nn.Parameter]:
+    named = {f"model.{n}": p for n, p in student.named_parameters()}
+    named.update({f"{k}.{n}": p for k, m in extra.items() for n, p in m.named_parameters()})
+    return named
+
+
+def one_step(spec: str | None, indices: np.ndarray, dist_info: DistInfo = DistInfo(), sync_extra: bool = True) -> dict:
+    """One optimizer step of the loop's pieces on ``indices`` of :func:`url_like_set`.
+
+    Returns ``loss``, ``grad.<name>`` (after the step's backward and DDP sync) and
+    ``weight.<name>`` (after AdamW). ``sync_extra=False`` leaves the objective's
+    gradients unsynchronised, as the loop did before extra modules were averaged.
+    """
+    student, loss_fn, extra = build_case(spec)
+    model = torch.nn.parallel.DistributedDataParallel(student) if dist_info.enabled else student
+    params = named_params(student, extra)
+    optimizer = build_optimizer([student, *extra.values()], TrainConfig(lr=1e-3), torch.device("cpu"))
+    extra_params = [p for m in extra.values() for p in m.parameters()] if sync_extra else []
+    loss = forward_backward(model, loss_fn, [collate(url_like_set(12), indices)], dist_info=dist_info,
+                            extra_params=extra_params)
+    out = {"loss": loss.reshape(1)}
+    out.update({f"grad.{n}": p.grad.clone() for n, p in params.items() if p.grad is not None})
+    optimizer.step()
+    out.update({f"weight.{n}": p.detach().clone() for n, p in params.items()})
+    return out
+
+
+def train_two_ranks(out_dir, dist_info: DistInfo) -> dict:
+    """A 3-step distillation ``train()`` from rank-dependent initial weights; returns
+    the final weights, how often ``save`` ran and what the rank printed."""
+    student, loss_fn, extra = build_case(DISTILL_SPEC, seed=10 * dist_info.rank)
+    saves = []
+
+    def save(model, folder):
+        saves.append(folder.name)
+        model.save_pretrained(folder)
+
+    cfg = TrainConfig(epochs=1, batch_size=4, max_steps=3, eval_every=2, log_every=1, lr=1e-3)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        train(student, loss_fn, url_like_set(48, seed=1), lambda m: {"f1": 0.5}, cfg, out_dir,
+              save=save, device=torch.device("cpu"), dist_info=dist_info, extra_modules=extra)
+    weights = {f"weight.{n}": p.detach().clone() for n, p in named_params(student, extra).items()}
+    return {"weights": weights, "saves": saves, "printed": printed.getvalue()}
+
+
+def worker(rank: int, port: int, out_dir: str) -> None:
+    """One rank: join the group as ``torchrun`` would describe it, run every case and the tiny ``train()``."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a hang fails within a minute
+    try:
+        dist_info = init_distributed()
+        assert dist_info == DistInfo(rank, WORLD, rank)
+        tensors = {}
+        for name, (spec, shards) in CASES.items():
+            indices = SHARDS[shards][rank]
+            tensors.update({f"{name}/{k}": v for k, v in one_step(spec, indices, dist_info).items()})
+        unsynced = one_step(DISTILL_SPEC, SHARDS["unequal"][rank], dist_info, sync_extra=False)
+        tensors.update({f"unsynced/{k}": v for k, v in unsynced.items()})
+        trained = train_two_ranks(os.path.join(out_dir, "run"), dist_info)
+        tensors.update({f"train/{k}": v for k, v in trained["weights"].items()})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+            json.dump({"saves": trained["saves"], "printed": trained["printed"]}, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Spawn the 2 ranks once; ``(tensors per rank, info per rank, run folder)``."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    tensors = [load_file(out / f"rank{r}.safetensors") for r in range(WORLD)]
+    info = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    return tensors, info, out / "run"
+
+
+def assert_same(got: dict, want: dict, keys) -> None:
+    for key in keys:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=lambda m: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_ranks_step_like_one_process_with_the_whole_batch(ranks, case):
+    tensors, _, _ = ranks
+    spec, shards = CASES[case]
+    want = one_step(spec, np.concatenate(SHARDS[shards]))
+    grads = [k for k in want if k.startswith("grad.")]
+    assert len(grads) > 20 and any(k.startswith("grad.objective.") for k in grads) == (spec is not None)
+    for rank in range(WORLD):
+        got = {k.split("/", 1)[1]: v for k, v in tensors[rank].items() if k.startswith(case + "/")}
+        assert_same(got, want, want.keys())
+
+
+def test_unsynchronised_projections_would_differ(ranks):
+    """Guards the distillation case: without averaging, the objective's gradients are each rank's own."""
+    tensors, _, _ = ranks
+    want = one_step(DISTILL_SPEC, np.concatenate(SHARDS["unequal"]))
+    key = next(k for k in want if k.startswith("grad.objective."))
+    for rank in range(WORLD):
+        assert not torch.allclose(tensors[rank][f"unsynced/{key}"], want[key], rtol=1e-3, atol=1e-6)
+
+
+def test_train_keeps_ranks_identical_and_only_rank_0_writes(ranks):
+    tensors, info, run = ranks
+    keys = [k for k in tensors[0] if k.startswith("train/")]
+    assert any(k.startswith("train/weight.objective.") for k in keys)
+    assert_same(tensors[1], tensors[0], keys)  # rank 1 started from other weights: broadcast + sync
+    assert len(info[0]["saves"]) == 2 and info[1]["saves"] == []  # evaluations at steps 2 and 3
+    assert "step 2" in info[0]["printed"] and info[1]["printed"] == ""
+    assert len(list((run / "tb").rglob("events.out.tfevents.*"))) >= 1
+    pids = {f.name.split(".")[-2] for f in (run / "tb").rglob("events.out.tfevents.*")}
+    assert len(pids) == 1, f"TensorBoard files from several processes: {pids}"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    assert (run / "checkpoints" / "step-000003" / "objective.safetensors").is_file()
+    assert (run / "train_history.json").is_file()
