@@ -2,6 +2,8 @@
 
     python -m kd.ablation configs/ablation-minilm.yaml
     python -m kd.ablation configs/ablation-minilm.yaml --set train.epochs=1   # applied to every cell
+    python -m kd.ablation GRID --shard 0/2 & python -m kd.ablation GRID --shard 1/2   # two workers
+    python -m kd.ablation GRID                                                          # then tabulate
 
 A grid file::
 
@@ -19,7 +21,10 @@ Each cell writes OUT/cells/<name>/ (a normal student run). A cell whose
 results.json exists is not run again, so an interrupted ablation continues
 where it stopped. Writes OUT/cells.csv (one row per cell), OUT/summary.csv
 and OUT/summary.md (mean ± std over seeds), OUT/summary.png (F1 bar chart)
-and TensorBoard hparams under OUT/tb.
+and TensorBoard hparams under OUT/tb. With ``--shard I/N`` a worker trains
+only cells I, I+N, I+2N, ... and tabulates nothing; the CPU latencies are
+measured by the unsharded run that tabulates, so that no other worker's
+training shares the cores while they are timed.
 """
 from __future__ import annotations
 
@@ -162,6 +167,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    index, slash, count = text.partition("/")
+    if not (slash and index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"--shard takes I/N with 0 <= I < N, e.g. 0/2; got {text!r}")
+    return int(index), int(count)
+
+
 def main(argv=None) -> list[dict]:
     import train_student
     from kd.config import load_config
@@ -170,6 +183,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("grid", help="grid YAML file (see above)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
     parser.add_argument("--out", help="ablation folder (default: the grid file's out_dir)")
+    parser.add_argument("--shard", type=parse_shard, metavar="I/N",
+                        help="train only every N-th cell starting at I (parallel workers); no tables")
     args = parser.parse_args(argv)
 
     spec = yaml.safe_load(Path(args.grid).read_text())
@@ -182,8 +197,10 @@ def main(argv=None) -> list[dict]:
     rows = []
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out / "tb"))
+    writer = None if args.shard else SummaryWriter(str(out / "tb"))
     for number, cell in enumerate(cells, 1):
+        if args.shard and (number - 1) % args.shard[1] != args.shard[0]:
+            continue
         run_dir = out / "cells" / cell.name
         cfg = load_config(train_student.StudentRunConfig, spec.get("base"), [*spec.get("set", []), *args.set, *cell.overrides, f"out_dir={run_dir}"])
         if (run_dir / "results.json").is_file():
@@ -192,6 +209,8 @@ def main(argv=None) -> list[dict]:
             resume = (run_dir / "last" / "trainer_state").is_dir()
             print(f"[{number}/{len(cells)}] {cell.name}" + (" (resuming)" if resume else ""))
             train_student.run(cfg, resume=resume)
+        if args.shard:
+            continue
         latency_file = run_dir / "cpu_latency.json"
         if not latency_file.is_file():
             with open(run_dir / "splits.csv", newline="") as handle:
@@ -204,6 +223,9 @@ def main(argv=None) -> list[dict]:
             {f"hparam/{m}": row[m] for m in METRICS},
             run_name=cell.name,
         )
+    if args.shard:
+        print(f"shard {args.shard[0]}/{args.shard[1]} done; run without --shard to measure latencies and tabulate")
+        return []
     writer.close()
     summary = summarise(rows)
     write_csv(rows, out / "cells.csv")

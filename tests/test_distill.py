@@ -99,7 +99,7 @@ def test_student_recipe_with_pruned_vocabulary(tiny_teacher_run, objective):
     assert (root / name / "splits.csv").read_text() == teacher_split  # the teacher's split, exactly
 
 
-def test_ablation_writes_tables_and_skips_finished_cells(tiny_teacher_run, monkeypatch):
+def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_teacher_run, monkeypatch):
     import train_student
     from kd import ablation
 
@@ -111,14 +111,19 @@ def test_ablation_writes_tables_and_skips_finished_cells(tiny_teacher_run, monke
     }
     grid_file = root / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(grid))
-    summary = ablation.main([str(grid_file)])
-    assert [s["group"] for s in summary] == ["ce|L1", "fkl|T=2|L1"] and all(s["seeds"] == 2 for s in summary)
-    for name in ("cells.csv", "summary.csv", "summary.md", "summary.png"):
-        assert (root / "ablation" / name).is_file()
-    assert "±" in (root / "ablation" / "summary.md").read_text()
+    out = root / "ablation"
+    assert ablation.main([str(grid_file), "--shard", "0/2"]) == []
+    assert sorted(p.parent.name for p in out.glob("cells/*/results.json")) == ["ce_L1_seed=0", "fkl_T=2_L1_seed=0"]
+    assert not (out / "summary.md").exists()
+    ablation.main([str(grid_file), "--shard", "1/2"])
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished cell was run again")
 
     monkeypatch.setattr(train_student, "run", must_not_run)
+    summary = ablation.main([str(grid_file)])
+    assert [s["group"] for s in summary] == ["ce|L1", "fkl|T=2|L1"] and all(s["seeds"] == 2 for s in summary)
+    for name in ("cells.csv", "summary.csv", "summary.md", "summary.png"):
+        assert (out / name).is_file()
+    assert "±" in (out / "summary.md").read_text()
     assert ablation.main([str(grid_file)]) == summary
