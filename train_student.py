@@ -267,7 +267,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, "student-minilm")
     parser.add_argument("--teacher", help="teacher checkpoint folder (default: the config's teacher)")
+    parser.add_argument("--generative", action="store_true",
+                        help="train the QLoRA generative student instead (kd.qlora, default preset qlora-smollm2)")
     args = parser.parse_args(argv)
+    if args.generative:
+        import sys
+
+        from kd import qlora
+
+        return qlora.main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--generative"])
     if args.teacher:
         args.set.append(f"teacher={args.teacher}")
     cfg = config_from_args(args, StudentRunConfig)

@@ -134,11 +134,12 @@ def format_table(results: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def finish_run(out_dir: Path, model, tokenized, cfg, amp_dtype, started: float, log=print) -> dict:
-    """Load the best checkpoint's weights, evaluate every set, write
-    ``metrics.json`` into the best checkpoint and ``results.json`` into the run."""
+def finish_run(out_dir: Path, model, tokenized, cfg, amp_dtype, started: float, log=print, load=None) -> dict:
+    """Load the best checkpoint's weights (``load(model, folder)``, default
+    :func:`load_weights`), evaluate every set, write ``metrics.json`` into the
+    best checkpoint and ``results.json`` into the run."""
     best = out_dir / "best"
-    load_weights(model, best)
+    (load or load_weights)(model, best)
     evaluation = final_evaluation(model, tokenized, cfg.train.eval_batch_size, amp_dtype, out_dir)
     evaluation["train_seconds"] = time.time() - started
     evaluation["best_checkpoint"] = str(best.resolve().name)

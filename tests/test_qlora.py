@@ -1,0 +1,358 @@
+"""The QLoRA recipe (kd/qlora.py): each objective against a closed form on a tiny
+random Llama with SmolLM2's tokenizer (NF4 on CPU), gradients, accumulation,
+the recipe end to end on generated URLs, and (slow) on a Hannousse slice with
+the real packaged SmolLM2."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from conftest import make_url_rows, write_csv
+from kd.batching import collate
+from kd.config import load_config
+from kd.data import Examples
+from kd.inference import predict_tokenized
+from kd.loop import forward_backward
+from kd.qlora import (
+    GenerativeDistillConfig,
+    QLoRARunConfig,
+    VerbalizerClassifier,
+    answer_batch,
+    build_objectives,
+    load_generative_teacher,
+    qlora_loss,
+    tokenize_prompts,
+)
+from losses import build_objective
+from models.generative import (
+    PromptCollator,
+    PromptFormat,
+    answer_token_logits,
+    class_probabilities,
+    load_adapters,
+    load_qlora_student,
+    sample_continuations,
+    sequence_logits,
+)
+from test_generative import URLS, tiny_dir, tokenizer  # noqa: F401  (module fixtures)
+
+N = len(URLS)
+
+
+def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a‖b) over the last axis, from log-probabilities."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+@pytest.fixture(scope="module")
+def data(tokenizer):  # noqa: F811
+    return tokenize_prompts(Examples([u for u, _ in URLS], [y for _, y in URLS]), tokenizer, PromptFormat())
+
+
+@pytest.fixture(scope="module")
+def teacher_logits():
+    """An encoder teacher's class logits ``(N, 2)``, one row per URL."""
+    return torch.randn(N, 2, generator=torch.Generator().manual_seed(1)) * 2
+
+
+def save_tiny_llama(path, tokenizer, seed: int):  # noqa: F811
+    """A 2-layer random Llama in SmolLM2's vocabulary (as test_generative's tiny_dir), saved with ``tokenizer``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gen_teacher_dir(tmp_path_factory, tokenizer):  # noqa: F811
+    """A second tiny Llama (other weights, the student's tokenizer): a generative teacher."""
+    return save_tiny_llama(tmp_path_factory.mktemp("gen-teacher"), tokenizer, seed=1)
+
+
+@pytest.fixture(scope="module")
+def gen_teacher(gen_teacher_dir, tokenizer):  # noqa: F811
+    return load_generative_teacher(str(gen_teacher_dir), tokenizer, device="cpu")
+
+
+def make_student(tiny_dir, seed: int = 0) -> VerbalizerClassifier:  # noqa: F811
+    """The tiny NF4 + LoRA student, LoRA B drawn nonzero so that every adapter gets a gradient."""
+    torch.manual_seed(seed)
+    lm, tok = load_qlora_student(str(tiny_dir), lora_r=4, lora_alpha=8, lora_dropout=0.0, device="cpu")
+    with torch.no_grad():
+        for name, param in lm.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    return VerbalizerClassifier(lm, PromptFormat().token_ids(tok))
+
+
+def lora_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+# --------------------------------------------------------------------------- batches and the classifier view
+
+
+def test_collated_prompts_are_the_prompt_collators_batch(data, tokenizer):  # noqa: F811
+    idx = np.arange(N)
+    batch = collate(data, idx)
+    ours = answer_batch(batch["input_ids"], batch["attention_mask"])
+    theirs = PromptCollator(tokenizer)([{"url": u, "label": y} for u, y in URLS])
+    for key in ("input_ids", "attention_mask", "answer_index"):
+        assert torch.equal(ours[key], theirs[key]), key
+    assert torch.equal(batch["labels"], theirs["labels"]) and int(batch["n_items"]) == N
+
+
+def test_classifier_view_scores_like_class_probabilities_and_saves_adapters_only(tiny_dir, data, tokenizer):  # noqa: F811
+    student = make_student(tiny_dir)
+    probs = torch.from_numpy(predict_tokenized(student, data, batch_size=5)).softmax(-1)
+    torch.testing.assert_close(probs, class_probabilities(student.lm, tokenizer, [u for u, _ in URLS]), atol=1e-5, rtol=1e-5)
+    state = student.state_dict()
+    assert state and all("lora_" in k for k in state)
+    other = make_student(tiny_dir, seed=5)
+    assert other.load_state_dict(state) == ([], [])
+    torch.testing.assert_close(torch.from_numpy(predict_tokenized(other, data)), torch.from_numpy(predict_tokenized(student, data)))
+
+
+# --------------------------------------------------------------------------- objectives against closed forms
+
+
+def reference_class_loss(spec: str, q_logits, p_logits, labels) -> torch.Tensor:
+    """Σ over examples of one class-level term, written out (T = 2 for the soft terms)."""
+    if spec == "ce":
+        return F.cross_entropy(q_logits, labels, reduction="sum")
+    log_q, log_p = F.log_softmax(q_logits / 2, -1), F.log_softmax(p_logits / 2, -1)
+    if spec == "fkl@T=2":
+        value = kl(log_p, log_q)
+    elif spec == "rkl@T=2":
+        value = kl(log_q, log_p)
+    else:  # jsd, β = 0.5: ½ KL(p‖m) + ½ KL(q‖m), m = ½ (p + q)
+        log_m = torch.log(0.5 * log_p.exp() + 0.5 * log_q.exp())
+        value = 0.5 * kl(log_p, log_m) + 0.5 * kl(log_q, log_m)
+    return 4 * value.sum()
+
+
+@pytest.mark.parametrize("spec", ["ce", "fkl@T=2", "rkl@T=2", "jsd@T=2@beta=0.5"])
+def test_class_level_terms_against_the_encoder_teachers_distribution(spec, tiny_dir, data, teacher_logits):  # noqa: F811
+    student = make_student(tiny_dir)
+    idx = np.array([5, 0, 11, 3, 8, 14])  # shuffled: the teacher row is found by example index
+    batch = collate(data, idx)
+    loss = qlora_loss(build_objective(spec), teacher_logits=teacher_logits)(student, batch)
+    with torch.no_grad():
+        q_logits = student(batch["input_ids"], batch["attention_mask"]).logits
+    expected = reference_class_loss(spec, q_logits, teacher_logits[idx], batch["labels"])
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-4, rtol=1e-4)
+    loss.backward()
+    grads = lora_grads(student)
+    assert grads and all("lora_" in n for n in grads)
+    assert len(grads) == sum(p.requires_grad for p in student.parameters())  # every adapter matrix
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_token_level_reverse_kl_at_the_answer_position(tiny_dir, data, gen_teacher):  # noqa: F811
+    student = make_student(tiny_dir)
+    batch = collate(data, np.arange(6))
+    loss_fn = qlora_loss(build_objective("ce:0"), token_objective=build_objective("rkl"), generative_teacher=gen_teacher)
+    loss = loss_fn(student, batch)
+    prompt = answer_batch(batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        q = F.log_softmax(answer_token_logits(student.lm, prompt), -1)  # (B, V)
+        p = F.log_softmax(answer_token_logits(gen_teacher, prompt), -1)
+    torch.testing.assert_close(loss.detach(), kl(q, p).sum(), atol=1e-4, rtol=1e-4)
+
+
+def test_on_policy_token_level_divergence_on_the_students_own_continuations(tiny_dir, data, tokenizer, gen_teacher):  # noqa: F811
+    student = make_student(tiny_dir)
+    batch = collate(data, np.arange(6))
+    token = build_objective("rkl")
+    on_policy = qlora_loss(build_objective("ce"), token_objective=token, generative_teacher=gen_teacher,
+                           tokenizer=tokenizer, on_policy=True, max_new_tokens=4, temperature=0.0)
+    loss = on_policy(student, batch)
+    loss.backward()
+    assert all("lora_" in n for n in lora_grads(student)) and not any(p.grad is not None for p in gen_teacher.parameters())
+
+    # Greedy sampling is deterministic: redo it and write the loss out.
+    prompt = answer_batch(batch["input_ids"], batch["attention_mask"])
+    sampled = sample_continuations(student.lm, tokenizer, prompt, max_new_tokens=4, temperature=0.0)
+    mask = sampled["loss_mask"]
+    assert (mask.sum(-1) > 1).all()  # the answer word and what follows it
+    with torch.no_grad():
+        q = F.log_softmax(sequence_logits(student.lm, sampled["input_ids"], sampled["attention_mask"]), -1)
+        p = F.log_softmax(sequence_logits(gen_teacher, sampled["input_ids"], sampled["attention_mask"]), -1)
+        token_part = ((kl(q, p) * mask).sum(-1) / mask.sum(-1)).sum()  # each example's mean over its tokens
+        # The class-level term reads the answer position of the sampled sequence: the same logits as a plain forward.
+        ce = F.cross_entropy(student(batch["input_ids"], batch["attention_mask"]).logits, batch["labels"], reduction="sum")
+    torch.testing.assert_close(loss.detach(), ce + token_part, atol=1e-4, rtol=1e-4)
+
+
+def test_a_generative_teacher_with_another_vocabulary_is_an_error(tmp_path, tokenizer):  # noqa: F811
+    import copy
+
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["<url_sep>"])
+    folder = save_tiny_llama(tmp_path / "other", other, seed=2)
+    with pytest.raises(ValueError, match="share a tokenizer"):
+        load_generative_teacher(str(folder), tokenizer, device="cpu")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"objective": "ce,attn_rel"}, "ce and logit terms only"),
+    ({"objective": "ce", "token_objective": "ce", "generative_teacher": "x"}, "soft terms on logits only"),
+    ({"objective": "ce", "token_objective": "rkl"}, "needs distill.generative_teacher"),
+    ({"objective": "ce", "on_policy": True}, "need a distill.token_objective"),
+])
+def test_objective_specs_that_cannot_apply_are_errors(fields, message):
+    with pytest.raises(ValueError, match=message):
+        build_objectives(GenerativeDistillConfig(**fields), has_encoder_teacher=True)
+    with pytest.raises(ValueError, match="needs an encoder teacher"):
+        build_objectives(GenerativeDistillConfig(objective="ce,fkl"), has_encoder_teacher=False)
+
+
+def test_accumulation_gives_the_gradient_of_one_batch(tiny_dir, data, teacher_logits, gen_teacher):  # noqa: F811
+    loss_fn = qlora_loss(build_objective("ce:0.5,fkl:0.5@T=2"), teacher_logits=teacher_logits,
+                         token_objective=build_objective("rkl"), generative_teacher=gen_teacher)
+    idx = np.arange(10)
+    grads, losses = [], []
+    # One batch of 10, and micro-batches of unequal sizes (3 + 7) that the loop accumulates.
+    for groups in ([idx], [idx[[7, 2, 9]], idx[[0, 1, 3, 4, 5, 6, 8]]]):
+        student = make_student(tiny_dir)
+        losses.append(forward_backward(student, loss_fn, [collate(data, g) for g in groups]))
+        grads.append(lora_grads(student))
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-5, rtol=1e-5)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4)
+    # The loop's loss is the mean over the step's examples.
+    with torch.no_grad():
+        total = loss_fn(make_student(tiny_dir), collate(data, idx))
+    torch.testing.assert_close(losses[0], total / 10, atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def test_recipe_writes_adapter_checkpoints_and_results(tiny_dir, gen_teacher_dir, tmp_path):  # noqa: F811
+    import csv as csv_module
+
+    from transformers import AutoModelForCausalLM
+
+    from kd.metrics import binary_metrics
+    from kd.qlora import run
+    from models.merge_adapters import main as merge_cli
+
+    csv = write_csv(tmp_path / "urls.csv", [(u.split("//")[1], y) for u, y in make_url_rows(80)])
+    cfg = load_config(QLoRARunConfig, "qlora-smollm2", [
+        "teacher=null", f"student.name_or_path={tiny_dir}", "student.lora_r=4", "distill.objective=ce",
+        "distill.token_objective=rkl", f"distill.generative_teacher={gen_teacher_dir}", "distill.on_policy=true",
+        "distill.max_new_tokens=2", f"data.sources=[{csv}]", "data.split=random", "train.batch_size=8",
+        "train.grad_accum=2", "train.lr=1e-3", "train.eval_batch_size=16", f"out_dir={tmp_path / 'run'}",
+    ])
+    results = run(cfg)
+    run = tmp_path / "run"
+    assert set(results["sets"]) == {"validation", "test"} and results["train_examples_seen"] == 64
+    assert 0 < results["trainable_parameters"] < results["total_parameters"] and results["train_samples_per_s"] > 0
+    assert json.loads((run / "results.json").read_text())["threshold"] == results["threshold"]
+    best = run / "best"
+    assert (best / "adapter_model.safetensors").is_file() and not list(best.glob("model*.safetensors"))
+    assert json.loads((best / "run_info.json").read_text())["token_objective"] == "rkl:1.0@T=1.0"
+    trainer_weights = load_file(str(run / "last" / "trainer_state" / "model.safetensors"))
+    assert trainer_weights and all("lora_" in k for k in trainer_weights)  # resumable state: adapters only
+
+    # Reloaded adapters give the final evaluation's test metrics; the merged export
+    # gives the scores of the full-precision base + adapters.
+    with open(run / "splits.csv", newline="") as handle:
+        test = [(row["url"], int(row["label"])) for row in csv_module.DictReader(handle) if row["split"] == "test"]
+    urls, labels = [u for u, _ in test], [y for _, y in test]
+    reloaded, tok, prompt = load_adapters(best, device="cpu")
+    probs = class_probabilities(reloaded, tok, urls, prompt)[:, 1].numpy()
+    again = binary_metrics(labels, probs, results["threshold"])
+    for key in ("f1", "roc_auc", "accuracy"):
+        assert again[key] == pytest.approx(results["sets"]["test"][key], abs=1e-6), key
+    merge_cli([str(best), str(tmp_path / "merged")])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    full, _, _ = load_adapters(best, device="cpu", quantize="none")
+    torch.testing.assert_close(class_probabilities(merged, tok, urls, prompt), class_probabilities(full, tok, urls, prompt),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_an_interrupted_run_resumes_from_its_adapter_state(tiny_dir, tmp_path):  # noqa: F811
+    from kd.qlora import run
+
+    csv = write_csv(tmp_path / "urls.csv", [(u.split("//")[1], y) for u, y in make_url_rows(80)])
+
+    def config(name):
+        return load_config(QLoRARunConfig, "qlora-smollm2", [
+            "teacher=null", f"student.name_or_path={tiny_dir}", "student.lora_r=4", "distill.objective=ce",
+            f"data.sources=[{csv}]", "data.split=random", "train.batch_size=8", "train.eval_every=2", "train.lr=1e-3",
+            "train.eval_batch_size=16", f"out_dir={tmp_path / name}",
+        ])
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(step):
+        if step == 5:
+            raise Interrupted
+
+    run(config("whole"))
+    with pytest.raises(Interrupted):
+        run(config("resumed"), on_step=interrupt)
+    run(config("resumed"), resume=True)  # from the step-4 checkpoint: adapters, optimizer, RNG, data order
+    whole, resumed = (load_file(str(tmp_path / name / "last" / "adapter_model.safetensors")) for name in ("whole", "resumed"))
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], atol=1e-6, rtol=1e-5)
+
+
+def test_train_student_dispatches_generative_runs(monkeypatch):
+    import train_student
+    from kd import qlora
+
+    seen = {}
+    monkeypatch.setattr(qlora, "run", lambda cfg, resume=False: seen.setdefault("cfg", cfg))
+    cfg = train_student.main(["--generative", "--teacher", "T", "--set", "student.lora_r=4", "--epochs", "2"])
+    assert isinstance(cfg, QLoRARunConfig) and cfg.teacher == "T" and cfg.student.lora_r == 4 and cfg.train.epochs == 2
+    assert cfg.out_dir == "runs/qlora-smollm2"  # the qlora-smollm2 preset
+
+
+# --------------------------------------------------------------------------- slow: real SmolLM2 on Hannousse
+
+
+@pytest.mark.slow
+def test_qlora_smollm2_on_a_hannousse_slice_beats_chance(data_dir, tiny_bert_dir, tmp_path):
+    """≈2-3 min on 2 CPU cores: a tiny encoder teacher, then the packaged SmolLM2 in NF4 + LoRA,
+    ce + forward KL (T = 1) on 320 training URLs (cut at 128 characters) of the teacher's domain split."""
+    import csv as csv_module
+
+    import train_teacher
+    from kd.qlora import run
+
+    rows = {"legitimate": [], "phishing": []}
+    with open(data_dir / "hannousse" / "dataset_phishing.csv", newline="") as handle:
+        for row in csv_module.DictReader(handle):
+            if len(rows[row["status"]]) < 300:
+                rows[row["status"]].append((row["url"], row["status"]))
+    slice_csv = write_csv(tmp_path / "hannousse_slice.csv", rows["legitimate"] + rows["phishing"])
+    train_teacher.main([
+        "--out", str(tmp_path / "teacher"), "--source", str(slice_csv), "--epochs", "2", "--set", f"model.name_or_path={tiny_bert_dir}",
+        "--set", "data.test_sets={}", "--set", "data.fractions=[0.6,0.15,0.25]", "--set", "train.batch_size=16",
+        "--set", "train.lr=1e-3",
+    ])
+    cfg = load_config(QLoRARunConfig, "qlora-smollm2", [
+        f"teacher={tmp_path / 'teacher' / 'best'}", "max_train_examples=320", "train.lr=5e-4", "student.max_url_chars=128",
+        "distill.objective=ce:0.5,fkl:0.5@T=1",
+        f"distill.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'qlora'}",
+    ])
+    results = run(cfg)
+    test = results["sets"]["test"]
+    assert test["n"] > 100 and test["roc_auc"] > 0.7 and test["accuracy"] > 0.6, test  # chance: 0.5 and 0.5
+    assert (tmp_path / "qlora" / "splits.csv").read_text().count("\ntest,") == (tmp_path / "teacher" / "splits.csv").read_text().count("\ntest,")
+    assert results["trainable_parameters"] < 0.05 * results["total_parameters"]
