@@ -56,3 +56,38 @@ def test_evaluate_rebuilds_the_same_split_and_scores(teacher_run):
     assert evaluation["threshold"] == pytest.approx(results["threshold"])
     assert evaluation["sets"]["test"]["f1"] == pytest.approx(results["sets"]["test"]["f1"], abs=1e-6)
     assert (out / "eval" / "eval.json").is_file() and (out / "eval" / "roc.png").is_file()
+
+
+def test_student_quantize_and_predict_on_the_real_teacher(teacher_run, tmp_path_factory):
+    """The rest of the pipeline on the same slice: distil a pruned 3-layer student,
+    quantize it to NF4, and score URLs with the saved NF4 folder."""
+    import quantize
+    import train_student
+    from kd.predict import main as predict
+
+    teacher, _ = teacher_run
+    root = tmp_path_factory.mktemp("pipeline")
+    student = train_student.main([
+        "--teacher", str(teacher / "best"), "--out", str(root / "student"), "--epochs", "2",
+        "--set", "student.prune_vocab=true", "--set", "train.batch_size=16", "--set", "train.lr=2e-4",
+        "--set", "train.eval_batch_size=128", "--set", f"distill.cache_dir={root / 'cache'}",
+    ])
+    assert student["sets"]["test"]["roc_auc"] > 0.75  # chance is 0.5
+    assert student["comparison"]["percent_smaller"] > 50
+
+    report = quantize.main([
+        "--student", str(root / "student" / "best"), "--precisions", "nf4", "--out", str(root / "quantized"),
+        "--latency-repeats", "3", "--throughput-urls", "64",
+    ])
+    rows = {r["precision"]: r for r in report["rows"]}
+    assert rows["nf4"]["memory_bytes"] < 0.75 * rows["fp32"]["memory_bytes"]
+    assert rows["nf4"]["roc_auc"] > rows["fp32"]["roc_auc"] - 0.05
+
+    urls = root / "urls.txt"
+    urls.write_text("paypal.com.account-verify.example.tk/login\n\nwww.wikipedia.org/wiki/URL\n")
+    predict(["--model", str(root / "quantized" / "student-nf4"), "--input", str(urls),
+             "--output", str(root / "scores.csv"), "--rejects", str(root / "rejects.csv")])
+    with open(root / "scores.csv", newline="") as handle:
+        scores = list(csv.DictReader(handle))
+    assert [s["line"] for s in scores] == ["1", "3"] and all(0 <= float(s["probability_phishing"]) <= 1 for s in scores)
+    assert "2," in (root / "rejects.csv").read_text()  # the empty line, with its number
