@@ -259,7 +259,7 @@ def test_saved_pruned_folder_reloads_with_auto_classes(pruned_tiny):
 def test_pruning_report(pruned_tiny):
     model, _, pruned_model, _, keep, _, _ = pruned_tiny
     report = pruning_report(model, pruned_model)
-    removed = (30522 - len(keep)) * 32
+    removed = (30522 - len(keep)) * model.config.hidden_size
     assert report["embedding_rows_before"] == 30522 and report["embedding_rows_after"] == len(keep)
     assert report["parameters_before"] - report["parameters_after"] == removed
     assert report["fp32_bytes_saved"] == 4 * removed
