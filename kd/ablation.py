@@ -132,7 +132,7 @@ def markdown_table(summary: list[dict]) -> str:
         def pm(key, digits=4):
             return f"{s[key + '_mean']:.{digits}f} ± {s[key + '_std']:.{digits}f}"
         lines.append(
-            f"| {s['group']} | {s['seeds']} | {s['parameters'] / 1e6:.2f}M / {s['teacher_parameters'] / 1e6:.2f}M | "
+            f"| {s['group'].replace('|', ' · ')} | {s['seeds']} | {s['parameters'] / 1e6:.2f}M / {s['teacher_parameters'] / 1e6:.2f}M | "
             f"{s['size_mb']:.1f} | {s['percent_smaller']:.1f} | {pm('f1')} | {pm('roc_auc')} | {pm('tpr_at_1pct_fpr')} | "
             f"{pm('cpu_latency_ms', 2)} |"
         )
