@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import shutil
 import time
 from pathlib import Path
@@ -35,10 +34,9 @@ import torch
 
 from kd.batching import tokenize
 from kd.checkpoint import write_json
+from kd.classifier import final_evaluation
 from kd.data import build_splits
 from kd.evaluate import add_data_arguments, data_config_for
-from kd.inference import predict_tokenized, probabilities
-from kd.metrics import binary_metrics, choose_threshold
 from kd.runinfo import device_description, library_versions
 from models.quantized import (
     QUANTIZED_PRECISIONS,
@@ -61,33 +59,33 @@ def default_quantized_precisions(device: torch.device) -> list[str]:
     return [p for p in QUANTIZED_PRECISIONS if p != "dynamic-int8" or device.type == "cpu"]
 
 
-def save_variant(source: Path, precision: str, folder: Path, device: torch.device) -> Path:
+def save_variant(source: Path, precision: str, folder: Path, device: torch.device) -> int:
     """Load ``source`` in ``precision`` and save it to ``folder`` before any forward
-    (bitsandbytes repacks 4-bit weights on the first CPU forward; see save_quantized)."""
+    (bitsandbytes repacks 4-bit weights on the first CPU forward; see save_quantized).
+    Returns the bytes saved (weights, config, tokenizer)."""
     if folder.exists():
         shutil.rmtree(folder)
     model, tokenizer = load_classifier(source, precision, device)
     save_quantized(model, tokenizer, folder, precision)
     del model
     gc.collect()
-    return folder
+    return size_on_disk_bytes(folder)
 
 
 def score_variant(folder: Path, splits, set_names: list[str], device: torch.device, args) -> dict:
-    """Reload a saved variant and measure it: size, memory, accuracy, latency, throughput."""
+    """Reload a saved variant and measure it: memory, accuracy, latency, throughput.
+    Its threshold and metrics go to ``folder/metrics.json`` (read by kd.predict), its ROC
+    curves to ``folder/roc.png``."""
     model, tokenizer = load_classifier(folder, device=device)
-    tokenized = {name: tokenize(splits.all_sets()[name], tokenizer, args.max_length) for name in set_names}
-    probs = {
-        name: probabilities(predict_tokenized(model, data, batch_size=args.batch_size, progress=True))
-        for name, data in tokenized.items()
-    }
-    threshold = choose_threshold(tokenized["validation"].labels, probs["validation"])
-    sets = {name: binary_metrics(tokenized[name].labels, p, threshold) for name, p in probs.items()}
-    write_json(folder / "metrics.json", {"threshold": threshold, "sets": sets})
+    sets = splits.all_sets()
+    tokenized = {name: tokenize(sets[name], tokenizer, args.max_length) for name in set_names}
+    # The model is already in its own precision: no autocast.
+    evaluation = final_evaluation(model, tokenized, args.batch_size, None, folder)
+    write_json(folder / "metrics.json", evaluation)
+    threshold, sets = evaluation["threshold"], evaluation["sets"]
     test_urls = splits.test.urls
     row = {
         "parameters": parameter_count(model),
-        "disk_bytes": size_on_disk_bytes(folder),
         # After the forwards above: on CPU bitsandbytes has swapped in its runtime layout.
         "memory_bytes": memory_footprint_bytes(model),
         "threshold": threshold,
@@ -186,8 +184,9 @@ def main(argv=None) -> dict:
     rows = []
     for role, source, precision in variants:
         print(f"{role} {precision}: quantize, save, reload, measure")
-        folder = save_variant(source, precision, out / f"{role}-{precision}", device)
-        rows.append({"role": role, "precision": precision, "folder": str(folder),
+        folder = out / f"{role}-{precision}"
+        disk_bytes = save_variant(source, precision, folder, device)
+        rows.append({"role": role, "precision": precision, "folder": str(folder), "disk_bytes": disk_bytes,
                      **score_variant(folder, splits, set_names, device, args)})
     add_relative_sizes(rows)
 

@@ -99,13 +99,9 @@ def cell_row(cell: Cell, run_dir: Path, latency_ms: float) -> dict:
 
 def cpu_latency_ms(run_dir: Path, urls: list[str]) -> float:
     """Median CPU milliseconds to score one URL (batch 1) with the cell's best model."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from models.quantized import load_classifier, measure_latency
 
-    from models.quantized import measure_latency
-
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "best").to(torch.device("cpu"))
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "best")
+    model, tokenizer = load_classifier(run_dir / "best", "fp32", "cpu")
     return measure_latency(model, tokenizer, urls, batch_size=1, warmup=5, repeats=50)
 
 
