@@ -8,6 +8,7 @@ padded only to their own longest member.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -31,8 +32,9 @@ class TokenizedSet:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
+        """``(N,)`` token count of each example, computed once (the loop reads it every step)."""
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
@@ -108,8 +110,14 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def token_counts(lengths: np.ndarray, batches: list[np.ndarray]) -> tuple[int, int]:
+    """``(real tokens, computed positions)`` of the batches, each padded to its longest member."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    computed = sum(int(lengths[b].max()) * len(b) for b in batches)
+    return real, computed
+
+
 def padding_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
     """Share of padded positions over all positions the batches compute."""
-    real = sum(int(lengths[b].sum()) for b in batches)
-    total = sum(int(lengths[b].max()) * len(b) for b in batches)
-    return 1.0 - real / total if total else 0.0
+    real, computed = token_counts(lengths, batches)
+    return 1.0 - real / computed if computed else 0.0

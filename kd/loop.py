@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from kd.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction
+from kd.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction, token_counts
 from kd.checkpoint import (
     STATE_DIR,
     load_trainer_state,
@@ -333,8 +333,9 @@ def train(
             state["step"] += 1
             state["batch_in_epoch"] += len(group)
             window["examples"] += sum(len(idx) for idx in group)
-            window["tokens"] += sum(int(train_set.lengths[idx].sum()) for idx in group)
-            window["padded"] += sum(int(train_set.lengths[idx].max()) * len(idx) for idx in group)
+            real, computed = token_counts(train_set.lengths, group)
+            window["tokens"] += real
+            window["padded"] += computed
             progress.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
                 # The only host synchronisation: once per log_every steps.
