@@ -32,18 +32,19 @@ REJECT_COLUMNS = ("line", "reason", "content")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def reject_reason(url: str, max_chars: int = DEFAULT_MAX_CHARS) -> str | None:
-    """Why ``url`` cannot be scored, or ``None`` if it can."""
+def screen_url(url: str, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str | None, str | None]:
+    """``(normalised URL, None)`` if ``url`` can be scored, else ``(None, why not)``."""
     url = url.strip()
     if not url:
-        return "empty"
+        return None, "empty"
     if len(url) > max_chars:
-        return f"longer than {max_chars} characters ({len(url)})"
+        return None, f"longer than {max_chars} characters ({len(url)})"
     if _CONTROL.search(url):
-        return "contains control characters"
-    if not normalize_url(url):
-        return "empty after normalisation"
-    return None
+        return None, "contains control characters"
+    normalized = normalize_url(url)
+    if not normalized:
+        return None, "empty after normalisation"
+    return normalized, None
 
 
 def default_threshold(model_dir: str | Path) -> tuple[float, str]:
@@ -183,13 +184,12 @@ def score_file(
         chunk: list[tuple[int, str, str]] = []
         for row in read_rows(lines(), column, fmt):
             counts.read += 1
-            reason = row.reason or reject_reason(row.url, max_chars)
+            normalized, reason = (None, row.reason) if row.reason else screen_url(row.url, max_chars)
             if reason is not None:
                 rejects.writerow((row.line, reason, row.content))
                 counts.rejected += 1
                 continue
-            url = row.url.strip()
-            chunk.append((row.line, url, normalize_url(url)))
+            chunk.append((row.line, row.url.strip(), normalized))
             if len(chunk) == chunk_rows:
                 flush(chunk)
                 chunk = []
@@ -200,11 +200,11 @@ def score_file(
 
 def print_table(model, tokenizer, urls: list[str], threshold: float, max_chars: int, **predict_kwargs):
     """Score ``urls`` and print probability, label and URL per line (rejects with their reason)."""
-    reasons = [reject_reason(u, max_chars) for u in urls]
-    good = [u for u, r in zip(urls, reasons) if r is None]
-    probs = iter(predict_proba(model, tokenizer, good, **predict_kwargs))
+    screened = [screen_url(u, max_chars) for u in urls]
+    good = [normalized for normalized, reason in screened if reason is None]
+    probs = iter(predict_proba(model, tokenizer, good, normalize=False, **predict_kwargs))
     print(f"{'probability':>11}  {'label':<10}  url")
-    for url, reason in zip(urls, reasons):
+    for url, (_, reason) in zip(urls, screened):
         if reason is None:
             p = next(probs)
             print(f"{p:>11.4f}  {'phishing' if p >= threshold else 'legitimate':<10}  {url}")
