@@ -81,6 +81,24 @@ def cached_teacher_logits(
     return cached_logits[rows].contiguous()
 
 
+class RowTable:
+    """A fixed ``(N, ...)`` tensor whose rows are gathered on the device of the
+    index: it is copied to a device once, not moved per step.
+
+    ``RowTable(logits).rows(batch["index"])`` -> ``logits[index]`` on ``index.device``.
+    """
+
+    def __init__(self, table: torch.Tensor):
+        self.table = table
+        self._copies: dict[torch.device, torch.Tensor] = {}
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        copy = self._copies.get(index.device)
+        if copy is None:
+            copy = self._copies[index.device] = self.table.to(index.device)
+        return copy[index]
+
+
 def distillation_loss(objective, *, teacher=None, teacher_logits: torch.Tensor | None = None, teacher_input_ids=None):
     """``loss_fn(model, batch)`` for the loop: the objective's weighted sum over the batch.
 
@@ -95,6 +113,8 @@ def distillation_loss(objective, *, teacher=None, teacher_logits: torch.Tensor |
         raise ValueError(f"objective {objective.spec!r} needs a live teacher (hidden states or attention) or cached logits")
     if teacher is not None:
         teacher.eval().requires_grad_(False)
+    cached = RowTable(teacher_logits) if teacher_logits is not None else None
+    to_teacher_ids = RowTable(teacher_input_ids) if teacher_input_ids is not None else None
 
     def run(model, batch, want_hidden: bool) -> ModelOutputs:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=want_hidden)
@@ -108,12 +128,12 @@ def distillation_loss(objective, *, teacher=None, teacher_logits: torch.Tensor |
         student.qkv = s_qkv
         teacher_out = None
         if objective.needs_teacher:
-            if teacher_logits is not None and not needs_features:
-                teacher_out = ModelOutputs(teacher_logits[batch["index"].cpu()].to(student.logits.device))
+            if cached is not None and not needs_features:
+                teacher_out = ModelOutputs(cached.rows(batch["index"]))
             else:
                 teacher_batch = batch
-                if teacher_input_ids is not None:
-                    teacher_batch = {**batch, "input_ids": teacher_input_ids.to(batch["input_ids"].device)[batch["input_ids"]]}
+                if to_teacher_ids is not None:
+                    teacher_batch = {**batch, "input_ids": to_teacher_ids.rows(batch["input_ids"])}
                 with torch.no_grad(), (capture_qkv(teacher, objective.teacher_qkv_layers) if objective.needs_attention_relations else nullcontext()) as t_qkv:
                     teacher_out = run(teacher, teacher_batch, objective.needs_hidden_states)
                 teacher_out.qkv = t_qkv

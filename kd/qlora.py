@@ -40,7 +40,7 @@ from kd.checkpoint import write_json
 from kd.classifier import finish_run, load_tokenizer, make_validator, run_info, set_seed, start_run
 from kd.config import ModelConfig, _build
 from kd.data import DataConfig, DataSplits, Examples, _sample, build_splits
-from kd.distill import cached_teacher_logits
+from kd.distill import RowTable, cached_teacher_logits
 from kd.distributed import DistInfo, default_device
 from kd.loop import TrainConfig, autocast_dtype, train
 from losses import TERMS, DistillationObjective, ModelOutputs, build_objective
@@ -269,6 +269,7 @@ def qlora_loss(
         raise ValueError(f"objective {objective.spec!r} needs the encoder teacher's logits")
     if (token_objective is None) != (generative_teacher is None) or (on_policy and token_objective is None):
         raise ValueError("a token-level objective, a generative teacher and on-policy sampling go together")
+    cached = RowTable(teacher_logits) if teacher_logits is not None else None
 
     def loss_fn(model: VerbalizerClassifier, batch: dict) -> torch.Tensor:
         prompt = answer_batch(batch["input_ids"], batch["attention_mask"])
@@ -280,7 +281,7 @@ def qlora_loss(
             answer = answer_token_logits(model.lm, prompt)  # (B, V)
         teacher = None
         if objective.needs_teacher:
-            teacher = ModelOutputs(teacher_logits[batch["index"].cpu()].to(answer.device))
+            teacher = ModelOutputs(cached.rows(batch["index"]))
         total, _ = objective(ModelOutputs(answer[:, model.token_ids]), teacher, labels=batch["labels"])
         if token_objective is None:
             return total
