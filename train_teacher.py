@@ -15,8 +15,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from kd.classifier import (
     build_classifier,
     cross_entropy_sum,

@@ -41,12 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.batching import TokenizedSet, eval_batches, length_bucketed_batches, tokenize
+from kd.batching import TokenizedSet, eval_batches, length_bucketed_batches, token_counts, tokenize
 from kd.classifier import build_classifier, cross_entropy_sum, load_tokenizer
 from kd.config import ModelConfig
 from kd.data import DataConfig, DataReport, Examples, load_examples
 from kd.distill import distillation_loss
-from kd.inference import predict_tokenized
+from kd.inference import predict_tokenized, synchronize
 from kd.loop import TrainConfig, autocast_dtype, train
 from kd.runinfo import device_description, git_commit, library_versions
 
@@ -80,11 +80,6 @@ class BenchConfig:
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def current_rss_bytes() -> int:
@@ -220,11 +215,7 @@ def benchmark_urls(cfg: BenchConfig, n: int) -> tuple[Examples, str]:
     """``n`` URLs drawn at random (seeded) from the Hannousse data via :mod:`kd.data`
     (normalised, de-duplicated), or :func:`synthetic_urls` when absent or asked for."""
     data_cfg = DataConfig(data_dir=cfg.data_dir)
-    if data_cfg.data_dir is None:
-        from kd.paths import default_data_dir
-
-        found = default_data_dir()
-        data_cfg.data_dir = str(found) if found else None
+    data_cfg.resolve_data_dir()
     csv = Path(data_cfg.data_dir or ".") / data_cfg.sources[0]
     if cfg.synthetic or not csv.is_file():
         return synthetic_urls(n, cfg.seed), "synthetic"
@@ -257,8 +248,7 @@ def loop_section(model, loss_fn, data: TokenizedSet, cfg: BenchConfig, device, c
     if timer.seconds is None:
         raise RuntimeError(f"the loop stopped before step {cfg.warmup + steps}: {len(data)} examples are too few")
     batches = length_bucketed_batches(data.lengths, cfg.batch_size, seed=cfg.seed, epoch=0)[cfg.warmup : cfg.warmup + steps]
-    real = sum(int(data.lengths[b].sum()) for b in batches)
-    padded = sum(int(data.lengths[b].max()) * len(b) for b in batches)
+    real, padded = token_counts(data.lengths, batches)
     flops = (6 * n_trained + 2 * n_forward) * real
     samples = sum(len(b) for b in batches)
     return {**throughput(samples, real, padded, timer.seconds, flops, ceiling), "peak_memory_mib": timer.peak_mib,

@@ -53,6 +53,15 @@ class DataConfig:
             raise DataError(f"data.fractions must be 3 non-negative numbers summing to 1 with train, validation > 0: {self.fractions}")
         self.fractions = list(fractions)
 
+    def resolve_data_dir(self) -> None:
+        """Set an unset ``data_dir`` to :func:`kd.paths.default_data_dir` (so the
+        saved config records the folder actually read)."""
+        if self.data_dir is None:
+            from kd.paths import default_data_dir
+
+            found = default_data_dir()
+            self.data_dir = str(found) if found else None
+
     def source_specs(self) -> list[SourceSpec]:
         return [SourceSpec.from_dict(s) for s in self.sources]
 
@@ -220,11 +229,7 @@ def _sample(examples: Examples, limit: int | None, seed: int) -> Examples:
 
 def build_splits(cfg: DataConfig) -> DataSplits:
     """Read, clean and split the configured data; raise :class:`DataError` on bad input."""
-    if cfg.data_dir is None:
-        from kd.paths import default_data_dir
-
-        found = default_data_dir()
-        cfg.data_dir = str(found) if found else None
+    cfg.resolve_data_dir()
     report = DataReport()
     examples = load_examples(cfg.source_specs(), cfg, report, "sources")
     for label, count in examples.class_counts().items():

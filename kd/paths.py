@@ -10,6 +10,13 @@ HUB_DATASET = "pirocheto/phishing-url"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def cache_root() -> Path:
+    """Where caches (teacher logits, dequantized GGUF weights) live:
+    ``$KD_CACHE_DIR``, else ``~/.cache/phish-kd``."""
+    env = os.environ.get("KD_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "phish-kd"
+
+
 def default_data_dir() -> Path | None:
     """The data folder: ``$KD_DATA_DIR``, else the first of ``../shared/data``
     and ``./data`` (relative to the repository) that exists, else ``None``."""

@@ -6,7 +6,6 @@ a leading ``www.``, a trailing ``/`` and host case.
 """
 from __future__ import annotations
 
-import html
 import re
 from functools import lru_cache
 

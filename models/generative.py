@@ -36,6 +36,8 @@ from typing import Literal
 
 import torch
 
+from kd.inference import resolve_device
+from kd.paths import cache_root
 from kd.urls import normalize_url
 from models.paths import packaged_smollm_gguf
 
@@ -58,12 +60,6 @@ META_FILE = "generative.json"
 # --------------------------------------------------------------------------- locating the base
 
 
-def default_cache_dir() -> Path:
-    """``$KD_CACHE_DIR``, else ``~/.cache/phish-kd``."""
-    env = os.environ.get("KD_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "phish-kd"
-
-
 def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A Hugging Face folder (float32 safetensors + tokenizer) with the weights
     of ``gguf_path`` dequantized, written once under ``cache_dir`` and reused.
@@ -80,7 +76,7 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path).resolve()
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
     # The size in the name gives a different file with the same name its own folder.
     target = cache_dir / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
     if target.is_dir():
@@ -122,12 +118,6 @@ def resolve_causal_lm(name_or_path: str = SMOLLM_ALIAS, cache_dir: str | Path | 
     return str(name_or_path)
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_tokenizer(name_or_path: str | Path):
     """The tokenizer, right-padded, with the EOS token as pad where it has none."""
     from transformers import AutoTokenizer
@@ -156,7 +146,7 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    device = _device(device)
+    device = resolve_device(device)
     path = resolve_causal_lm(name_or_path)
     if quantize == "nf4":
         compute = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -37,7 +37,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from torch.ao.quantization import quantize_dynamic
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from kd.inference import predict_logits
+from kd.inference import predict_logits, resolve_device, synchronize
 from models.paths import resolve_model_path
 
 Precision = Literal["fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8"]
@@ -54,12 +54,6 @@ suffix, so ``"pooler"`` alone would not match ``bert.pooler.dense``."""
 DYNAMIC_INT8_MARKER = "dynamic_int8.json"
 """File that marks a folder as ``dynamic-int8``: its safetensors hold the
 float32 weights, quantized on load."""
-
-
-def _device(device: torch.device | str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:
@@ -131,7 +125,7 @@ def bnb_config(precision: Precision, device: torch.device | str | None = None):
     """The ``BitsAndBytesConfig`` for ``nf4``, ``fp4`` or ``int8`` on ``device``."""
     from transformers import BitsAndBytesConfig
 
-    device = _device(device)
+    device = resolve_device(device)
     if precision == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(HEAD_MODULES))
     return BitsAndBytesConfig(
@@ -191,7 +185,7 @@ def load_classifier(
     re-quantize from). ``device=None``: CUDA if available, else CPU.
     """
     path = resolve_model_path(str(path))
-    device = _device(device)
+    device = resolve_device(device)
     saved = saved_precision(path)
     precision = saved if precision is None else precision
     _check_request(precision, device)
@@ -318,11 +312,6 @@ def size_on_disk_bytes(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_latency(
     model, tokenizer, urls: list[str], *, batch_size: int = 1, warmup: int = 5, repeats: int = 50,
     max_length: int = 128,
@@ -337,10 +326,10 @@ def measure_latency(
     times = []
     for i in range(warmup + repeats):
         batch = [urls[(i * batch_size + j) % len(urls)] for j in range(batch_size)]
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         predict_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)
-        _synchronize(device)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
@@ -353,8 +342,8 @@ def measure_throughput(
     evaluation does) after one warm-up batch, end to end as in :func:`measure_latency`."""
     device = next(model.parameters()).device
     predict_logits(model, tokenizer, urls[:batch_size], batch_size=batch_size, max_length=max_length)
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     predict_logits(model, tokenizer, urls, batch_size=batch_size, max_length=max_length)
-    _synchronize(device)
+    synchronize(device)
     return len(urls) / (time.perf_counter() - start)
