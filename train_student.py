@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +36,12 @@ from kd.classifier import (
     set_seed,
     start_run,
 )
-from kd.config import ModelConfig, _build, load_config
+from kd.config import ModelConfig, _build
 from kd.data import DataConfig, Examples, build_splits, load_examples
 from kd.distill import cached_teacher_logits, distillation_loss, model_fingerprint
 from kd.distributed import barrier, default_device, init_distributed
 from kd.loop import TrainConfig, autocast_dtype, train
+from kd.paths import cache_root
 from kd.sources import SourceSpec
 from losses import build_objective
 
@@ -141,8 +142,8 @@ def transfer_examples(cfg: StudentRunConfig, data_cfg: DataConfig, splits, log) 
 
 
 def cache_file(cfg: StudentRunConfig) -> Path:
-    root = cfg.distill.cache_dir or os.environ.get("KD_CACHE_DIR") or Path.home() / ".cache" / "phish-kd"
-    return Path(root) / "teacher-logits" / f"{model_fingerprint(Path(cfg.teacher), cfg.model.max_length)}.safetensors"
+    root = Path(cfg.distill.cache_dir) if cfg.distill.cache_dir else cache_root()
+    return root / "teacher-logits" / f"{model_fingerprint(Path(cfg.teacher), cfg.model.max_length)}.safetensors"
 
 
 def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
@@ -264,18 +265,20 @@ def compare_with_teacher(student_dir: Path, teacher_dir: Path, results: dict) ->
 def main(argv=None) -> dict:
     from train_teacher import add_common_arguments, config_from_args
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--generative" in argv:  # before parsing: the QLoRA recipe has options of its own
+        from kd import qlora
+
+        return qlora.main([a for a in argv if a != "--generative"])
+    # No abbreviations: "--gen" must not pass as --generative's prefix unnoticed.
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     add_common_arguments(parser, "student-minilm")
     parser.add_argument("--teacher", help="teacher checkpoint folder (default: the config's teacher)")
     parser.add_argument("--generative", action="store_true",
-                        help="train the QLoRA generative student instead (kd.qlora, default preset qlora-smollm2)")
+                        help="train the QLoRA generative student instead (kd.qlora, default preset qlora-smollm2); "
+                             "all other options then go to python -m kd.qlora")
     args = parser.parse_args(argv)
-    if args.generative:
-        import sys
-
-        from kd import qlora
-
-        return qlora.main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--generative"])
     if args.teacher:
         args.set.append(f"teacher={args.teacher}")
     cfg = config_from_args(args, StudentRunConfig)

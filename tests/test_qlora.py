@@ -321,6 +321,8 @@ def test_train_student_dispatches_generative_runs(monkeypatch):
     cfg = train_student.main(["--generative", "--teacher", "T", "--set", "student.lora_r=4", "--epochs", "2"])
     assert isinstance(cfg, QLoRARunConfig) and cfg.teacher == "T" and cfg.student.lora_r == 4 and cfg.train.epochs == 2
     assert cfg.out_dir == "runs/qlora-smollm2"  # the qlora-smollm2 preset
+    with pytest.raises(SystemExit):  # an abbreviation is an error, not a silent encoder run
+        train_student.main(["--gen", "--teacher", "T"])
 
 
 # --------------------------------------------------------------------------- slow: real SmolLM2 on Hannousse
