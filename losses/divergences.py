@@ -55,14 +55,26 @@ def kl_from_logprobs(log_a: Tensor, log_b: Tensor) -> Tensor:
     return (a * diff).sum(-1)
 
 
+def _check_unit_interval(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def _check_same_shape(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ "
+            "(a vocabulary mismatch needs an explicit map, not truncation)"
+        )
+
+
 def log_mixture(log_a: Tensor, log_b: Tensor, weight: float) -> Tensor:
     """log(w · a + (1 − w) · b) from log-probabilities, via logsumexp.
 
     Never forms ``w · exp(log a)``, which underflows for confident
     distributions. At ``w = 0`` or ``1`` it returns ``log b`` or ``log a``.
     """
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"mixture weight must be in [0, 1], got {weight}")
+    _check_unit_interval("mixture weight", weight)
     if weight == 0.0:
         return log_b
     if weight == 1.0:
@@ -155,11 +167,7 @@ def _soft_divergence(
     chunk_size: int | None,
 ) -> Tensor:
     """T² · reduce(per_position(log q, log p)) with p, q at temperature T."""
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ "
-            "(a vocabulary mismatch needs an explicit map, not truncation)"
-        )
+    _check_same_shape(student_logits, teacher_logits)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
@@ -258,8 +266,7 @@ def generalized_jsd(
     forward KL(p‖q) and β = 1 the reverse KL(q‖p), as in GKD / TRL. β = 0.5 is
     the symmetric JSD, bounded by T² log 2.
     """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    _check_unit_interval("beta", beta)
     per_position = partial(_jsd, beta=beta)
     return _soft_divergence(per_position, student_logits, teacher_logits, mask, temperature, reduction, chunk_size)
 
@@ -279,6 +286,7 @@ def skew_forward_kl(
     λ = ``skew``; λ = 0 is the forward KL, λ = 1 gives 0. Mixing p into the
     student side keeps the value finite where q_v = 0 < p_v.
     """
+    _check_unit_interval("skew", skew)
     per_position = partial(_skew_forward_kl, skew=skew)
     return _soft_divergence(per_position, student_logits, teacher_logits, mask, temperature, reduction, chunk_size)
 
@@ -297,6 +305,7 @@ def skew_reverse_kl(
 
     λ = ``skew``; λ = 0 is the reverse KL, λ = 1 gives 0.
     """
+    _check_unit_interval("skew", skew)
     per_position = partial(_skew_reverse_kl, skew=skew)
     return _soft_divergence(per_position, student_logits, teacher_logits, mask, temperature, reduction, chunk_size)
 
@@ -331,9 +340,7 @@ def logit_mse(
     """
     if temperature != 1.0:
         raise ValueError(f"logit_mse matches raw logits and takes no temperature, got {temperature}")
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ")
+    _check_same_shape(student_logits, teacher_logits)
 
     def squared_error(s: Tensor, t: Tensor) -> Tensor:
         return (s - t).square().sum(-1)

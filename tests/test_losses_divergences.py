@@ -223,7 +223,7 @@ def test_mixture_weights_out_of_range_are_rejected(loss, beta):
     s, t = random_logits(2, 3), random_logits(2, 3, seed=1)
     key = "beta" if loss is generalized_jsd else "skew"
     loss(s, t, **{key: beta})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"{key} must be in"):  # named as the caller named it
         loss(s, t, **{key: beta + 1.5})
 
 
