@@ -31,7 +31,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -39,7 +38,7 @@ from kd.batching import TokenizedSet, collate, tokenize
 from kd.checkpoint import write_json
 from kd.classifier import finish_run, load_tokenizer, make_validator, run_info, set_seed, start_run
 from kd.config import ModelConfig, _build
-from kd.data import DataConfig, DataSplits, Examples, _sample, build_splits
+from kd.data import DataConfig, DataSplits, _sample, build_splits
 from kd.distill import RowTable, cached_teacher_logits
 from kd.distributed import DistInfo, default_device
 from kd.loop import TrainConfig, autocast_dtype, train
@@ -50,6 +49,8 @@ from models.generative import (
     LORA_TARGETS,
     SMOLLM_ALIAS,
     PromptFormat,
+    VerbalizerClassifier,
+    answer_batch,
     answer_token_logits,
     check_same_vocabulary,
     load_causal_lm,
@@ -57,6 +58,7 @@ from models.generative import (
     sample_continuations,
     save_adapters,
     sequence_logits,
+    tokenize_prompts,
     trainable_parameters,
 )
 from train_student import cache_file, load_teacher, teacher_data_config
@@ -140,51 +142,7 @@ class QLoRARunConfig:
     out_dir: str = "runs/qlora-smollm2"
 
 
-# --------------------------------------------------------------------------- the student as a classifier
-
-
-def answer_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A right-padded ``(B, S)`` batch with ``answer_index`` ``(B,)``, each row's
-    last real token (what ``PromptCollator`` gives for the same prompts)."""
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "answer_index": attention_mask.sum(-1) - 1}
-
-
-class VerbalizerClassifier(torch.nn.Module):
-    """A causal LM seen as a C-way sequence classifier: ``forward(input_ids,
-    attention_mask).logits`` ``(B, C)`` are the verbalizer logits at the answer
-    position, so the encoder recipes' scoring (``kd.inference.predict_tokenized``),
-    validation and final evaluation apply unchanged.
-
-    Its ``state_dict`` is the trainable (LoRA) parameters only: the loop's
-    resumable trainer state then holds the adapters, not the frozen base.
-    """
-
-    def __init__(self, lm: torch.nn.Module, token_ids: list[int]):
-        super().__init__()
-        self.lm = lm
-        self.token_ids = list(token_ids)
-        self.config = SimpleNamespace(num_labels=len(self.token_ids))
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
-        logits = answer_token_logits(self.lm, answer_batch(input_ids, attention_mask))
-        return SimpleNamespace(logits=logits[:, self.token_ids])
-
-    def _trainable(self) -> dict[str, torch.nn.Parameter]:
-        return {name: p for name, p in self.named_parameters() if p.requires_grad}
-
-    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self._trainable().items()}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Copy the trainable parameters from ``state_dict``; returns ``(missing, unexpected)`` key lists."""
-        params = self._trainable()
-        missing, unexpected = sorted(params.keys() - state_dict.keys()), sorted(state_dict.keys() - params.keys())
-        if strict and (missing or unexpected):
-            raise RuntimeError(f"adapter state does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        with torch.no_grad():
-            for name in params.keys() & state_dict.keys():
-                params[name].copy_(state_dict[name])
-        return missing, unexpected
+# --------------------------------------------------------------------------- checkpoints
 
 
 def load_best_adapters(model: VerbalizerClassifier, folder: Path) -> None:
@@ -194,14 +152,6 @@ def load_best_adapters(model: VerbalizerClassifier, folder: Path) -> None:
 
     device = next(model.parameters()).device
     set_peft_model_state_dict(model.lm, load_file(str(Path(folder) / "adapter_model.safetensors"), device=str(device)))
-
-
-def tokenize_prompts(examples: Examples, tokenizer, prompt: PromptFormat) -> TokenizedSet:
-    """Each URL's prompt, tokenised once (``kd.batching.tokenize``) and never
-    truncated: ``max_length`` bounds the prompt's UTF-8 bytes (a byte-level BPE
-    token covers at least one byte) plus special tokens."""
-    prompts = Examples([prompt.build_prompt(url) for url in examples.urls], examples.labels)
-    return tokenize(prompts, tokenizer, 4 * (len(prompt.template) + prompt.max_url_chars) + 8)
 
 
 # --------------------------------------------------------------------------- objectives and loss

@@ -13,7 +13,7 @@ same position (``answer_token_logits``) and along a whole sequence
 (``sequence_logits``) serve token-level KL against a generative teacher with the
 same tokenizer (``check_same_vocabulary``).
 
-Batches are right-padded (``PromptCollator``); every forward passes position ids
+Batches are right-padded (``tokenize_prompts`` + ``kd.batching.collate``); every forward passes position ids
 counted over real tokens only, so a row gives the same logits whatever its
 padding. Only sampling (``sample_continuations``) left-pads, as new tokens go
 after the last column.
@@ -32,11 +32,14 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
 
-from kd.inference import resolve_device
+from kd.batching import TokenizedSet, tokenize
+from kd.data import Examples
+from kd.inference import predict_tokenized, resolve_device
 from kd.paths import cache_root
 from kd.urls import normalize_url
 from models.paths import packaged_smollm_gguf
@@ -315,37 +318,13 @@ class PromptFormat:
 
 def read_prompt_format(folder: str | Path) -> PromptFormat:
     """The prompt format saved with adapters or a merged model."""
-    meta = json.loads((Path(folder) / META_FILE).read_text())
+    return prompt_format_of(json.loads((Path(folder) / META_FILE).read_text()))
+
+
+def prompt_format_of(meta: dict) -> PromptFormat:
+    """The :class:`PromptFormat` recorded in a ``generative.json`` dictionary."""
     prompt = meta["prompt"]
     return PromptFormat(prompt["template"], tuple(prompt["words"]), prompt["max_url_chars"])
-
-
-@dataclass
-class PromptCollator:
-    """Collate examples ``{"url": str, "label": int (optional)}`` into a right-padded batch:
-
-    - ``input_ids``, ``attention_mask``: ``(B, S)`` long;
-    - ``answer_index``: ``(B,)`` long, each row's last real token, where the
-      logits predict the answer word;
-    - ``labels``: ``(B,)`` long class indices, when the examples have them.
-    """
-
-    tokenizer: object
-    prompt: PromptFormat = PromptFormat()
-
-    def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
-        if self.tokenizer.padding_side != "right":
-            raise ValueError("PromptCollator expects a right-padding tokenizer (see load_tokenizer)")
-        prompts = [self.prompt.build_prompt(ex["url"]) for ex in examples]
-        batch = self.tokenizer(prompts, padding=True, return_tensors="pt")
-        out = {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
-            "answer_index": batch["attention_mask"].sum(-1) - 1,
-        }
-        if "label" in examples[0]:
-            out["labels"] = torch.tensor([int(ex["label"]) for ex in examples], dtype=torch.long)
-        return out
 
 
 # --------------------------------------------------------------------------- forward passes
@@ -376,12 +355,6 @@ def answer_token_logits(model, batch: Mapping[str, torch.Tensor]) -> torch.Tenso
         use_cache=False,
     )
     return out.logits[:, 0].float()
-
-
-def verbalizer_logits(model, batch: Mapping[str, torch.Tensor], token_ids: Sequence[int]) -> torch.Tensor:
-    """``(B, C)`` float32 logits of the verbalizer tokens at the answer
-    position; ``softmax`` over them is the student's class distribution."""
-    return answer_token_logits(model, batch)[:, list(token_ids)]
 
 
 def sequence_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -489,7 +462,61 @@ def sample_continuations(
     return {"input_ids": input_ids, "attention_mask": mask, "loss_mask": loss_mask}
 
 
-@torch.inference_mode()
+# --------------------------------------------------------------------------- the student as a classifier
+
+
+def answer_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A right-padded ``(B, S)`` batch of prompts with ``answer_index`` ``(B,)``,
+    each row's last real token, where the logits predict the answer word."""
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "answer_index": attention_mask.sum(-1) - 1}
+
+
+class VerbalizerClassifier(torch.nn.Module):
+    """A causal LM seen as a C-way sequence classifier: ``forward(input_ids,
+    attention_mask).logits`` ``(B, C)`` are the verbalizer logits at the answer
+    position, so the encoder recipes' scoring (``kd.inference.predict_tokenized``),
+    validation and final evaluation apply unchanged.
+
+    Its ``state_dict`` is the trainable (LoRA) parameters only: the loop's
+    resumable trainer state then holds the adapters, not the frozen base.
+    """
+
+    def __init__(self, lm: torch.nn.Module, token_ids: list[int]):
+        super().__init__()
+        self.lm = lm
+        self.token_ids = list(token_ids)
+        self.config = SimpleNamespace(num_labels=len(self.token_ids))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        logits = answer_token_logits(self.lm, answer_batch(input_ids, attention_mask))
+        return SimpleNamespace(logits=logits[:, self.token_ids])
+
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self._trainable().items()}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Copy the trainable parameters from ``state_dict``; returns ``(missing, unexpected)`` key lists."""
+        params = self._trainable()
+        missing, unexpected = sorted(params.keys() - state_dict.keys()), sorted(state_dict.keys() - params.keys())
+        if strict and (missing or unexpected):
+            raise RuntimeError(f"adapter state does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name in params.keys() & state_dict.keys():
+                params[name].copy_(state_dict[name])
+        return missing, unexpected
+
+
+def tokenize_prompts(examples: Examples, tokenizer, prompt: PromptFormat) -> TokenizedSet:
+    """Each URL's prompt, tokenised once (``kd.batching.tokenize``) and never
+    truncated: ``max_length`` bounds the prompt's UTF-8 bytes (a byte-level BPE
+    token covers at least one byte) plus special tokens."""
+    prompts = Examples([prompt.build_prompt(url) for url in examples.urls], examples.labels)
+    return tokenize(prompts, tokenizer, 4 * (len(prompt.template) + prompt.max_url_chars) + 8)
+
+
 def class_probabilities(
     model,
     tokenizer,
@@ -498,19 +525,11 @@ def class_probabilities(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """``(N, C)`` float32 class probabilities (column 1: phishing) of ``urls``,
-    in their order, from the verbalizer logits; the evaluation's scores."""
-    model.eval()
-    device = next(model.parameters()).device
-    token_ids = prompt.token_ids(tokenizer)
-    collate = PromptCollator(tokenizer, prompt)
-    out = torch.empty(len(urls), len(token_ids))
-    # Length-sorted batches waste little on padding.
-    order = sorted(range(len(urls)), key=lambda i: len(urls[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate([{"url": urls[i]} for i in idx]).items()}
-        out[idx] = verbalizer_logits(model, batch, token_ids).softmax(-1).cpu()
-    return out
+    in their order: :class:`VerbalizerClassifier` scored by
+    ``kd.inference.predict_tokenized``, the evaluation's own path."""
+    data = tokenize_prompts(Examples(list(urls), [0] * len(urls)), tokenizer, prompt)
+    classifier = VerbalizerClassifier(model, prompt.token_ids(tokenizer))
+    return torch.from_numpy(predict_tokenized(classifier, data, batch_size=batch_size)).softmax(-1)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -552,7 +571,7 @@ def load_adapters(
         model = _prepare_for_training(model, quantize, gradient_checkpointing=False)
     model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     model.train(trainable)
-    return model, load_tokenizer(adapter_dir), read_prompt_format(adapter_dir)
+    return model, load_tokenizer(adapter_dir), prompt_format_of(meta)
 
 
 def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kd.batching import collate
+from kd.data import Examples
 from models.generative import (
     DEFAULT_WORDS,
-    PromptCollator,
     PromptFormat,
+    answer_batch,
     answer_token_logits,
     check_same_vocabulary,
     class_probabilities,
@@ -25,8 +27,8 @@ from models.generative import (
     sample_continuations,
     save_adapters,
     sequence_logits,
+    tokenize_prompts,
     trainable_parameters,
-    verbalizer_logits,
     verbalizer_token_ids,
 )
 
@@ -91,7 +93,15 @@ def tiny_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def batch(tokenizer):
-    return PromptCollator(tokenizer)([{"url": u, "label": y} for u, y in URLS])
+    """The URLs' prompts, right-padded, with labels and answer positions."""
+    data = tokenize_prompts(Examples([u for u, _ in URLS], [y for _, y in URLS]), tokenizer, PromptFormat())
+    collated = collate(data, range(len(URLS)))
+    return {**answer_batch(collated["input_ids"], collated["attention_mask"]), "labels": collated["labels"]}
+
+
+def verbalizer_logits(model, batch, ids):
+    """``(B, C)`` logits of the verbalizer tokens at the answer position."""
+    return answer_token_logits(model, batch)[:, ids]
 
 
 @pytest.fixture(scope="module")

@@ -19,23 +19,22 @@ from kd.loop import forward_backward
 from kd.qlora import (
     GenerativeDistillConfig,
     QLoRARunConfig,
-    VerbalizerClassifier,
-    answer_batch,
     build_objectives,
     load_generative_teacher,
     qlora_loss,
-    tokenize_prompts,
 )
 from losses import build_objective
 from models.generative import (
-    PromptCollator,
     PromptFormat,
+    VerbalizerClassifier,
+    answer_batch,
     answer_token_logits,
     class_probabilities,
     load_adapters,
     load_qlora_student,
     sample_continuations,
     sequence_logits,
+    tokenize_prompts,
 )
 from test_generative import URLS, tiny_dir, tokenizer  # noqa: F401  (module fixtures)
 
@@ -102,14 +101,14 @@ def lora_grads(model) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- batches and the classifier view
 
 
-def test_collated_prompts_are_the_prompt_collators_batch(data, tokenizer):  # noqa: F811
-    idx = np.arange(N)
-    batch = collate(data, idx)
+def test_collated_prompts_are_the_tokenizers_right_padded_batch(data, tokenizer):  # noqa: F811
+    batch = collate(data, np.arange(N))
     ours = answer_batch(batch["input_ids"], batch["attention_mask"])
-    theirs = PromptCollator(tokenizer)([{"url": u, "label": y} for u, y in URLS])
-    for key in ("input_ids", "attention_mask", "answer_index"):
+    theirs = tokenizer([PromptFormat().build_prompt(u) for u, _ in URLS], padding=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask"):
         assert torch.equal(ours[key], theirs[key]), key
-    assert torch.equal(batch["labels"], theirs["labels"]) and int(batch["n_items"]) == N
+    assert torch.equal(ours["answer_index"], theirs["attention_mask"].sum(-1) - 1)
+    assert batch["labels"].tolist() == [y for _, y in URLS] and int(batch["n_items"]) == N
 
 
 def test_classifier_view_scores_like_class_probabilities_and_saves_adapters_only(tiny_dir, data, tokenizer):  # noqa: F811
