@@ -25,6 +25,9 @@ and TensorBoard hparams under OUT/tb. With ``--shard I/N`` a worker trains
 only cells I, I+N, I+2N, ... and tabulates nothing; the CPU latencies are
 measured by the unsharded run that tabulates, so that no other worker's
 training shares the cores while they are timed.
+
+Every row carries validation F1 and ROC-AUC (``val_*``) beside the test
+metrics: choose a recipe by the validation columns, then report its test ones.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ import numpy as np
 import yaml
 
 METRICS = ("f1", "roc_auc", "tpr_at_1pct_fpr", "accuracy")
+"""Test-set metrics per cell (the columns to report)."""
+VALIDATION_METRICS = ("val_f1", "val_roc_auc")
+"""Validation-set metrics per cell (the columns to choose a recipe by, never the test ones)."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,12 @@ def expand_grid(grid: dict) -> list[Cell]:
 
 def cell_row(cell: Cell, run_dir: Path, latency_ms: float) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
-    test = results["sets"]["test"]
+    test, validation = results["sets"]["test"], results["sets"]["validation"]
     c = results["comparison"]
     return {
         "group": cell.group, "objective": cell.objective, "temperature": cell.temperature, "student": cell.shape,
         "seed": cell.seed, **{m: test[m] for m in METRICS},
+        **{m: validation[m.removeprefix("val_")] for m in VALIDATION_METRICS},
         "parameters": c["student_parameters"], "teacher_parameters": c["teacher_parameters"],
         "size_mb": c["student_size_mb"], "teacher_size_mb": c["teacher_size_mb"], "percent_smaller": c["percent_smaller"],
         "cpu_latency_ms": latency_ms, "train_seconds": results["train_seconds"],
@@ -111,7 +118,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     for group in dict.fromkeys(r["group"] for r in rows):
         members = [r for r in rows if r["group"] == group]
         summary = {"group": group, "seeds": len(members)}
-        for key in (*METRICS, "cpu_latency_ms"):
+        for key in (*METRICS, *VALIDATION_METRICS, "cpu_latency_ms"):
             values = np.array([r[key] for r in members], dtype=float)
             summary[f"{key}_mean"] = float(values.mean())
             summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -122,14 +129,16 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    head = "| objective / student | seeds | params (student / teacher) | size MB | % smaller | F1 | ROC-AUC | TPR@1%FPR | CPU ms/URL |"
+    """One row per group; "val F1" (validation) is the column to choose by, the rest are test-set."""
+    head = ("| objective / student | seeds | params (student / teacher) | size MB | % smaller | val F1 | "
+            "F1 | ROC-AUC | TPR@1%FPR | CPU ms/URL |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for s in summary:
         def pm(key, digits=4):
             return f"{s[key + '_mean']:.{digits}f} ± {s[key + '_std']:.{digits}f}"
         lines.append(
             f"| {s['group'].replace('|', ' · ')} | {s['seeds']} | {s['parameters'] / 1e6:.2f}M / {s['teacher_parameters'] / 1e6:.2f}M | "
-            f"{s['size_mb']:.1f} | {s['percent_smaller']:.1f} | {pm('f1')} | {pm('roc_auc')} | {pm('tpr_at_1pct_fpr')} | "
+            f"{s['size_mb']:.1f} | {s['percent_smaller']:.1f} | {pm('val_f1')} | {pm('f1')} | {pm('roc_auc')} | {pm('tpr_at_1pct_fpr')} | "
             f"{pm('cpu_latency_ms', 2)} |"
         )
     return "\n".join(lines)
