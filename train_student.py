@@ -86,6 +86,13 @@ class DistillConfig:
     transfer_sources: list = field(default_factory=list)
     """Extra unlabelled URL sources: the student learns the teacher's soft labels on them."""
     max_transfer_examples: int | None = None
+    augment_copies: int = 0
+    """Add this many perturbed copies of each training URL (``kd.augment``: host of one
+    URL with the path of another, or one path segment dropped) to the transfer set."""
+
+    def __post_init__(self):
+        if self.augment_copies < 0:
+            raise ValueError(f"distill.augment_copies must be >= 0, got {self.augment_copies}")
 
 
 @dataclass
@@ -128,17 +135,27 @@ def build_student(cfg: StudentConfig, teacher):
 
 
 def transfer_examples(cfg: StudentRunConfig, data_cfg: DataConfig, splits, log) -> Examples:
-    """Unlabelled transfer URLs, minus every URL of the run's splits (no test leakage)."""
-    if not cfg.distill.transfer_sources:
+    """Unlabelled transfer URLs (the sources' first, capped at
+    ``max_transfer_examples``, then the augmented copies of training URLs),
+    minus every URL of the run's splits (no test leakage)."""
+    if not (cfg.distill.transfer_sources or cfg.distill.augment_copies):
         return Examples([], [])
-    specs = [SourceSpec.from_dict(s) for s in cfg.distill.transfer_sources]
-    extra = load_examples(specs, data_cfg, splits.report, "transfer")
     taken = {u for ex in splits.all_sets().values() for u in ex.urls}
-    keep = [i for i, u in enumerate(extra.urls) if u not in taken]
-    if cfg.distill.max_transfer_examples is not None:
-        keep = keep[: cfg.distill.max_transfer_examples]
-    log(f"transfer set: {len(keep)} unlabelled URLs ({len(extra) - len(keep)} dropped: in the splits or over the cap)")
-    return Examples([extra.urls[i] for i in keep], [-100] * len(keep))
+    urls = []
+    if cfg.distill.transfer_sources:
+        specs = [SourceSpec.from_dict(s) for s in cfg.distill.transfer_sources]
+        extra = load_examples(specs, data_cfg, splits.report, "transfer")
+        urls = [u for u in extra.urls if u not in taken][: cfg.distill.max_transfer_examples]
+        log(f"transfer set: {len(urls)} unlabelled URLs ({len(extra) - len(urls)} dropped: in the splits or over the cap)")
+    if cfg.distill.augment_copies:
+        from kd.augment import augment_urls
+
+        copies = augment_urls(splits.train.urls, cfg.distill.augment_copies, seed=cfg.train.seed)
+        chosen = set(urls)
+        kept = [u for u in copies if u not in taken and u not in chosen]
+        log(f"transfer set: {len(kept)} augmented copies of training URLs ({len(copies) - len(kept)} dropped: in the splits)")
+        urls += kept
+    return Examples(urls, [-100] * len(urls))
 
 
 def cache_file(cfg: StudentRunConfig) -> Path:

@@ -129,3 +129,18 @@ def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_te
     assert all(0 <= s["val_f1_mean"] <= 1 for s in summary)
     assert ablation.main([str(grid_file)]) == summary
 
+
+def test_augmented_transfer_set_is_unlabelled_and_holds_no_url_of_the_splits():
+    import train_student
+    from kd.config import load_config
+    from kd.data import DataConfig, DataReport, DataSplits
+
+    train = Examples(["a.com/x/y", "b.org/p?q=1&r=2", "c.net", "d.io/login/verify"], [0, 1, 0, 1])
+    held_out = Examples(["a.com/y", "c.net/p?q=1&r=2"], [0, 1])  # copies the augmentation would make
+    splits = DataSplits(train, held_out, Examples([], []), {}, DataReport())
+    cfg = load_config(train_student.StudentRunConfig, None, ["distill.augment_copies=20"])
+    transfer = train_student.transfer_examples(cfg, DataConfig(), splits, log=lambda *a: None)
+    assert transfer.urls and set(transfer.labels) == {-100}
+    assert not set(transfer.urls) & set(train.urls + held_out.urls)
+    with pytest.raises(ValueError, match="augment_copies"):
+        load_config(train_student.StudentRunConfig, None, ["distill.augment_copies=-1"])
