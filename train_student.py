@@ -3,8 +3,14 @@
     python train_student.py --teacher runs/teacher-minilm/best                 # 3-layer student, ce + forward KL
     python train_student.py --teacher T --set distill.objective="ce:0.5,rkl:0.5@T=2"
     python train_student.py --teacher T --set distill.objective="fkl@T=2,hidden_mse@map=uniform"
-    python train_student.py --teacher T --set student.prune_vocab=true      # keep only URL tokens
+    python train_student.py --teacher T --set distill.augment_copies=0      # no augmented transfer set
+    python train_student.py --teacher T --set student.prune_vocab=false     # keep the whole vocabulary
     python train_student.py --teacher T --set student.init=narrow --set student.hidden_size=192
+
+The default preset (configs/student-minilm.yaml) prunes the vocabulary to the
+URL tokens and adds two teacher-labelled perturbed copies of each training
+URL (``distill.augment_copies``); a label-only objective (``ce``) needs
+``distill.augment_copies=0``.
 
 The student uses the teacher's data split (from the teacher's run_info.json;
 ``--set data.KEY=VALUE`` overrides single fields) so that no test URL was
@@ -38,7 +44,7 @@ from kd.classifier import (
 )
 from kd.config import ModelConfig, _build
 from kd.data import DataConfig, Examples, build_splits, load_examples
-from kd.distill import cached_teacher_logits, distillation_loss, model_fingerprint
+from kd.distill import cached_teacher_logits, distillation_loss, model_fingerprint, teacher_scorer
 from kd.distributed import barrier, default_device, init_distributed
 from kd.loop import TrainConfig, autocast_dtype, train
 from kd.paths import cache_root
@@ -182,7 +188,6 @@ def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
     transfer = transfer_examples(cfg, data_cfg, splits, log)
     log(splits.report.summary())
     train_examples = Examples(splits.train.urls + transfer.urls, splits.train.labels + transfer.labels)
-    teacher_train = tokenize(train_examples, teacher_tokenizer, cfg.model.max_length)
 
     student = build_student(cfg.student, teacher)
     if cfg.model.dropout is not None:
@@ -214,11 +219,13 @@ def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
     ).to(device)
     needs_features = objective.needs_hidden_states or objective.needs_attention_relations
     if transfer.urls and not objective.needs_teacher:
-        raise ValueError(f"a transfer set has no labels: objective {objective.spec!r} needs a teacher term")
+        raise ValueError(f"a transfer set has no labels: objective {objective.spec!r} needs a teacher term "
+                         "(or drop the transfer set: distill.augment_copies=0, distill.transfer_sources=[])")
     logits = None
     if objective.needs_teacher and cfg.distill.cache_teacher_logits and not needs_features:
-        logits = cached_teacher_logits(teacher, teacher_train, train_examples.urls, cache_file(cfg),
-                                       batch_size=cfg.train.eval_batch_size, autocast_dtype=amp, log=log)
+        score = teacher_scorer(teacher, teacher_tokenizer, train_examples.urls, max_length=cfg.model.max_length,
+                               batch_size=cfg.train.eval_batch_size, autocast_dtype=amp)
+        logits = cached_teacher_logits(train_examples.urls, cache_file(cfg), score, log=log)
     loss_fn = distillation_loss(objective, teacher=teacher if logits is None else None,
                                 teacher_logits=logits, teacher_input_ids=teacher_ids)
     if dist_info.is_main and not resume:

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from kd.batching import TokenizedSet
-from kd.inference import predict_tokenized
+from kd.inference import predict_logits
 from losses import ModelOutputs
 
 
@@ -39,18 +38,25 @@ def model_fingerprint(folder: Path, max_length: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_teacher_logits(
-    teacher: torch.nn.Module,
-    data: TokenizedSet,
-    urls: list[str],
-    cache_file: Path,
-    *,
-    batch_size: int = 256,
-    autocast_dtype=None,
-    log=print,
-) -> torch.Tensor:
-    """Teacher logits ``(N, C)`` float32 for ``data`` (aligned with ``urls``), from
-    ``cache_file`` where present; missing examples are computed and added.
+def teacher_scorer(teacher: torch.nn.Module, tokenizer, urls: list[str], *, max_length: int = 128,
+                   batch_size: int = 256, autocast_dtype=None):
+    """``compute(indices)`` -> the frozen ``teacher``'s logits ``(len(indices), C)``
+    float32 for those (normalised) ``urls``, tokenised only then: the
+    ``compute`` of :func:`cached_teacher_logits`."""
+
+    def compute(indices: np.ndarray) -> torch.Tensor:
+        texts = [urls[i] for i in indices]
+        return torch.from_numpy(predict_logits(teacher, tokenizer, texts, normalize=False, max_length=max_length,
+                                               batch_size=batch_size, autocast_dtype=autocast_dtype, progress=True))
+
+    return compute
+
+
+def cached_teacher_logits(urls: list[str], cache_file: Path, compute, *, log=print) -> torch.Tensor:
+    """Teacher logits ``(N, C)`` float32 for ``urls``, from ``cache_file`` where
+    present; ``compute(indices)`` (e.g. :func:`teacher_scorer`) gives the rows of
+    the missing ones, which are added to the file. It is not called at all when
+    every URL is cached, so a caller can load its teacher inside it, lazily.
 
     The file holds ``keys`` ``(M,)`` int64 and ``logits`` ``(M, C)``; rows are
     looked up by key, so one file serves every run, split order and subset
@@ -65,8 +71,7 @@ def cached_teacher_logits(
     missing = np.array([i for i, k in enumerate(keys) if int(k) not in row_of], dtype=np.int64)
     if len(missing):
         log(f"teacher logits: computing {len(missing)} of {len(keys)} examples (cache: {cache_file})")
-        subset = TokenizedSet([data.input_ids[i] for i in missing], data.labels[missing], data.pad_token_id)
-        fresh = torch.from_numpy(predict_tokenized(teacher, subset, batch_size=batch_size, autocast_dtype=autocast_dtype, progress=True))
+        fresh = compute(missing)
         new_keys = np.concatenate([cached_keys, keys[missing]])
         all_logits = fresh if cached_logits is None else torch.cat([cached_logits, fresh])
         cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,7 @@ def predict_logits(
     max_length: int = 128,
     device: torch.device | str | None = None,
     normalize: bool = True,
+    autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Logits ``(N, C)`` as float32 for raw ``texts``, in their given order.
@@ -74,7 +75,7 @@ def predict_logits(
     """
     texts = [normalize_url(t) for t in texts] if normalize else list(texts)
     data = tokenize(Examples(texts, [0] * len(texts)), tokenizer, max_length)
-    return predict_tokenized(model, data, batch_size=batch_size, device=device, progress=progress)
+    return predict_tokenized(model, data, batch_size=batch_size, device=device, autocast_dtype=autocast_dtype, progress=progress)
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

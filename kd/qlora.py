@@ -34,12 +34,12 @@ from pathlib import Path
 
 import torch
 
-from kd.batching import TokenizedSet, collate, tokenize
+from kd.batching import TokenizedSet, collate
 from kd.checkpoint import write_json
 from kd.classifier import finish_run, load_tokenizer, make_validator, run_info, set_seed, start_run
 from kd.config import ModelConfig, _build
 from kd.data import DataConfig, DataSplits, _sample, build_splits
-from kd.distill import RowTable, cached_teacher_logits
+from kd.distill import RowTable, cached_teacher_logits, teacher_scorer
 from kd.distributed import DistInfo, default_device
 from kd.loop import TrainConfig, autocast_dtype, train
 from losses import TERMS, DistillationObjective, ModelOutputs, build_objective
@@ -302,9 +302,13 @@ def run(cfg: QLoRARunConfig, resume: bool = False, on_step=None) -> dict:
 
     teacher_logits = None
     if objective.needs_teacher:
-        teacher_train = tokenize(splits.train, load_tokenizer(cfg.teacher), cfg.model.max_length)
-        teacher_logits = cached_teacher_logits(load_teacher(cfg.teacher, device), teacher_train, splits.train.urls,
-                                               cache_file(cfg), batch_size=cfg.train.eval_batch_size, autocast_dtype=amp)
+
+        def score(missing):  # loads the teacher only when the cache lacks some URLs
+            return teacher_scorer(load_teacher(cfg.teacher, device), load_tokenizer(cfg.teacher), splits.train.urls,
+                                  max_length=cfg.model.max_length, batch_size=cfg.train.eval_batch_size,
+                                  autocast_dtype=amp)(missing)
+
+        teacher_logits = cached_teacher_logits(splits.train.urls, cache_file(cfg), score)
     generative_teacher = None
     if token_objective is not None:
         generative_teacher = load_generative_teacher(cfg.distill.generative_teacher, tokenizer,

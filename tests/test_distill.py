@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from conftest import make_url_rows, student_overrides
 from kd.batching import TokenizedSet, collate, length_bucketed_batches, tokenize
 from kd.data import Examples
-from kd.distill import cached_teacher_logits, distillation_loss, example_keys
+from kd.distill import cached_teacher_logits, distillation_loss, example_keys, teacher_scorer
 from kd.inference import predict_tokenized
 from kd.loop import forward_backward
 from losses import build_objective
@@ -33,21 +33,30 @@ def test_example_keys_are_stable_and_distinct():
 def test_cache_is_keyed_by_example_not_position(teacher_and_data, tmp_path):
     teacher, tokenizer, examples, data = teacher_and_data
     cache = tmp_path / "cache.safetensors"
-    first = cached_teacher_logits(teacher, data, examples.urls, cache)
+    first = cached_teacher_logits(examples.urls, cache, teacher_scorer(teacher, tokenizer, examples.urls, max_length=64))
     torch.testing.assert_close(first, torch.from_numpy(predict_tokenized(teacher, data)))
     # A shuffled subset plus unseen URLs: cached rows are looked up by URL, new ones computed and appended.
     order = np.random.default_rng(0).permutation(len(examples))[:30]
     new_urls = ["fresh-domain.org/x", "other.net/login"]
     shuffled = Examples([examples.urls[i] for i in order] + new_urls, [0] * 32)
     shuffled_data = tokenize(shuffled, tokenizer, 64)
-    again = cached_teacher_logits(teacher, shuffled_data, shuffled.urls, cache)
+    computed = []
+
+    def score(missing):
+        computed.append(missing.tolist())
+        return teacher_scorer(teacher, tokenizer, shuffled.urls, max_length=64)(missing)
+
+    again = cached_teacher_logits(shuffled.urls, cache, score)
+    assert computed == [[30, 31]]  # only the unseen URLs go through the teacher
     torch.testing.assert_close(again[:30], first[torch.from_numpy(order)])
     torch.testing.assert_close(again[30:], torch.from_numpy(predict_tokenized(teacher, shuffled_data))[30:])
+    # A complete cache never calls the teacher (the QLoRA recipe then does not even load it).
+    torch.testing.assert_close(cached_teacher_logits(shuffled.urls, cache, compute=None), again)
 
 
 def test_cached_and_live_teacher_give_the_same_gradients_under_shuffling_and_accumulation(teacher_and_data, tmp_path, tiny_bert_dir):
-    teacher, _, examples, data = teacher_and_data
-    logits = cached_teacher_logits(teacher, data, examples.urls, tmp_path / "c.safetensors")
+    teacher, tokenizer, examples, data = teacher_and_data
+    logits = cached_teacher_logits(examples.urls, tmp_path / "c.safetensors", teacher_scorer(teacher, tokenizer, examples.urls, max_length=64))
     objective = build_objective("ce:0.5,fkl:0.5@T=2")
     batches = length_bucketed_batches(data.lengths, 6, seed=3, epoch=1)[:4]  # shuffled, unequal lengths
     grads = []
@@ -65,8 +74,8 @@ def test_cached_and_live_teacher_give_the_same_gradients_under_shuffling_and_acc
 
 
 def test_transfer_examples_count_for_soft_terms_only(teacher_and_data, tmp_path):
-    teacher, _, examples, data = teacher_and_data
-    logits = cached_teacher_logits(teacher, data, examples.urls, tmp_path / "c.safetensors")
+    teacher, tokenizer, examples, data = teacher_and_data
+    logits = cached_teacher_logits(examples.urls, tmp_path / "c.safetensors", teacher_scorer(teacher, tokenizer, examples.urls, max_length=64))
     unlabelled = TokenizedSet(data.input_ids, np.full(len(data), -100), data.pad_token_id)
     batch = collate(unlabelled, np.arange(8))
     student = AutoModelForSequenceClassification.from_pretrained(teacher.name_or_path)
