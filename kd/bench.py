@@ -298,8 +298,7 @@ def inference_section(folder: Path, precision: str, urls: list[str], n_params: i
 
     model, tokenizer = load_classifier(folder, precision, device)
     lengths = tokenize(Examples([normalize_url(u) for u in urls], [0] * len(urls)), tokenizer, cfg.max_length).lengths
-    real, batches = int(lengths.sum()), eval_batches(lengths, cfg.infer_batch_size)
-    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    real, padded = token_counts(lengths, eval_batches(lengths, cfg.infer_batch_size))
     memory = PeakMemory(device)
     memory.start()
     urls_per_s = measure_throughput(model, tokenizer, urls, batch_size=cfg.infer_batch_size, max_length=cfg.max_length)
