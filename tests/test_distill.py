@@ -134,7 +134,7 @@ def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_te
     assert [s["group"] for s in summary] == ["ce|L1", "fkl|T=2|L1"] and all(s["seeds"] == 2 for s in summary)
     for name in ("cells.csv", "summary.csv", "summary.md", "summary.png"):
         assert (out / name).is_file()
-    assert "±" in (out / "summary.md").read_text() and "val F1" in (out / "summary.md").read_text()
+    assert "±" in (out / "summary.md").read_text() and "val ROC-AUC" in (out / "summary.md").read_text()
     assert all(0 <= s["val_f1_mean"] <= 1 for s in summary)
     assert ablation.main([str(grid_file)]) == summary
 
