@@ -225,7 +225,7 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
         writer.add_hparams(
             {"objective": cell.objective, "temperature": cell.temperature or 0.0, "student": cell.shape, "seed": cell.seed},
-            {f"hparam/{m}": row[m] for m in METRICS},
+            {f"hparam/{m}": row[m] for m in (*METRICS, *VALIDATION_METRICS)},
             run_name=cell.name,
         )
     if args.shard:
