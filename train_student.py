@@ -164,9 +164,12 @@ def transfer_examples(cfg: StudentRunConfig, data_cfg: DataConfig, splits, log) 
     return Examples(urls, [-100] * len(urls))
 
 
-def cache_file(cfg: StudentRunConfig) -> Path:
+def cache_file(cfg: StudentRunConfig, autocast_dtype: torch.dtype | None) -> Path:
+    """The teacher-logit cache of this teacher, ``max_length`` and teacher precision
+    (logits computed under bf16 autocast and in fp32 differ, so they never share a file)."""
     root = Path(cfg.distill.cache_dir) if cfg.distill.cache_dir else cache_root()
-    return root / "teacher-logits" / f"{model_fingerprint(Path(cfg.teacher), cfg.model.max_length)}.safetensors"
+    precision = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else "float32"
+    return root / "teacher-logits" / f"{model_fingerprint(Path(cfg.teacher), cfg.model.max_length)}-{precision}.safetensors"
 
 
 def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
@@ -225,7 +228,7 @@ def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
     if objective.needs_teacher and cfg.distill.cache_teacher_logits and not needs_features:
         score = teacher_scorer(teacher, teacher_tokenizer, train_examples.urls, max_length=cfg.model.max_length,
                                batch_size=cfg.train.eval_batch_size, autocast_dtype=amp)
-        logits = cached_teacher_logits(train_examples.urls, cache_file(cfg), score, log=log)
+        logits = cached_teacher_logits(train_examples.urls, cache_file(cfg, amp), score, log=log)
     loss_fn = distillation_loss(objective, teacher=teacher if logits is None else None,
                                 teacher_logits=logits, teacher_input_ids=teacher_ids)
     if dist_info.is_main and not resume:

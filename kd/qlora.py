@@ -308,7 +308,7 @@ def run(cfg: QLoRARunConfig, resume: bool = False, on_step=None) -> dict:
                                   max_length=cfg.model.max_length, batch_size=cfg.train.eval_batch_size,
                                   autocast_dtype=amp)(missing)
 
-        teacher_logits = cached_teacher_logits(splits.train.urls, cache_file(cfg), score)
+        teacher_logits = cached_teacher_logits(splits.train.urls, cache_file(cfg, amp), score)
     generative_teacher = None
     if token_objective is not None:
         generative_teacher = load_generative_teacher(cfg.distill.generative_teacher, tokenizer,

@@ -153,3 +153,13 @@ def test_augmented_transfer_set_is_unlabelled_and_holds_no_url_of_the_splits():
     assert not set(transfer.urls) & set(train.urls + held_out.urls)
     with pytest.raises(ValueError, match="augment_copies"):
         load_config(train_student.StudentRunConfig, None, ["distill.augment_copies=-1"])
+
+
+def test_teacher_logit_caches_are_separate_per_teacher_precision(tiny_teacher_run):
+    import train_student
+    from kd.config import load_config
+
+    cfg = load_config(train_student.StudentRunConfig, None, student_overrides(tiny_teacher_run, "unused"))
+    fp32, bf16 = train_student.cache_file(cfg, None), train_student.cache_file(cfg, torch.bfloat16)
+    assert fp32 != bf16 and fp32.parent == bf16.parent == tiny_teacher_run / "cache" / "teacher-logits"
+    assert fp32.name.endswith("-float32.safetensors") and bf16.name.endswith("-bfloat16.safetensors")
