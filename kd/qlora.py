@@ -190,11 +190,8 @@ def per_example_token_sum(
 ) -> torch.Tensor:
     """Σ_b mean_{t : mask[b, t]} value_b,t of a token-level objective, for
     ``(B, S, V)`` logits and a ``(B, S)`` bool mask (a row with no position adds 0)."""
-    total = student_logits.new_zeros((), dtype=torch.float32)
-    for s, t, m in zip(student_logits, teacher_logits, mask):
-        if m.any():
-            total = total + objective(ModelOutputs(s), ModelOutputs(t), mask=m)[0] / m.sum()
-    return total
+    values = objective.per_position(ModelOutputs(student_logits), ModelOutputs(teacher_logits), mask)  # (B, S)
+    return (values.sum(-1) / mask.sum(-1).clamp(min=1)).sum()
 
 
 def qlora_loss(

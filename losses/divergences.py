@@ -11,6 +11,10 @@ float32 scalar:
     loss = Σ_{positions that count} value(position)      reduction="sum"
     loss = that sum / number of positions that count     reduction="mean" (0 if none)
 
+or, with ``reduction="none"``, the values themselves, shaped like the
+positions ``(...)`` and 0 at the positions that do not count (for sums that
+need their own normalisation, e.g. one mean per sequence).
+
 where ``value`` is summed over ``V`` (never averaged over it) and the
 soft-label divergences multiply it by ``T²`` so that gradient magnitudes do
 not shrink as ``T`` grows (Hinton et al., 2015). Under gradient accumulation,
@@ -35,7 +39,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
-Reduction = Literal["mean", "sum"]
+Reduction = Literal["mean", "sum", "none"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -108,8 +112,8 @@ def count_positions(logits: Tensor, mask: Tensor | None = None, labels: Tensor |
     return position_mask(logits, mask, labels).sum()
 
 
-def _chunk_sum(per_position: Callable[..., Tensor], keep: Tensor, *rows: Tensor) -> Tensor:
-    """Σ over kept rows of ``per_position(*rows)``, computed in float32.
+def _chunk_values(per_position: Callable[..., Tensor], keep: Tensor, *rows: Tensor) -> Tensor:
+    """``per_position(*rows)`` ``(N,)`` in float32, 0 where not kept.
 
     Rows that are not kept are zeroed first (float rows to logits 0, label
     rows to class 0): their value is then finite and their gradient exactly 0,
@@ -119,7 +123,12 @@ def _chunk_sum(per_position: Callable[..., Tensor], keep: Tensor, *rows: Tensor)
         r.float().masked_fill(~keep[:, None], 0.0) if r.is_floating_point() else r.masked_fill(~keep, 0)
         for r in rows
     ]
-    return per_position(*clean).masked_fill(~keep, 0.0).sum()
+    return per_position(*clean).masked_fill(~keep, 0.0)
+
+
+def _chunk_sum(per_position: Callable[..., Tensor], keep: Tensor, *rows: Tensor) -> Tensor:
+    """Σ over kept rows of ``per_position(*rows)`` (:func:`_chunk_values` summed)."""
+    return _chunk_values(per_position, keep, *rows).sum()
 
 
 def _reduce(
@@ -129,29 +138,34 @@ def _reduce(
     reduction: Reduction,
     chunk_size: int | None,
 ) -> Tensor:
-    """Sum (or mean) of ``per_position`` over the kept positions, optionally in chunks.
+    """Sum, mean or (``"none"``) the values of ``per_position`` over the kept
+    positions, optionally in chunks.
 
     ``rows`` are ``(..., V)`` logits or ``(...)`` labels with the position
     axes of ``keep``; they are flattened to ``(N, ...)`` and cut into chunks
     of ``chunk_size`` positions.
     """
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    n = keep.numel()
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    shape, n = keep.shape, keep.numel()
     flat = [r.reshape(n, *r.shape[keep.dim():]) for r in rows]
     keep = keep.reshape(n)
+    chunk_fn = _chunk_values if reduction == "none" else _chunk_sum
     if chunk_size is None or chunk_size >= n:
-        total = _chunk_sum(per_position, keep, *flat)
+        parts = [chunk_fn(per_position, keep, *flat)]
     else:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size}")
         # Checkpointing stores only each chunk's inputs (views of the logits)
         # and recomputes its float32 intermediates during the backward pass.
-        total = sum(
-            checkpoint(_chunk_sum, per_position, keep[i : i + chunk_size], *(r[i : i + chunk_size] for r in flat),
+        parts = [
+            checkpoint(chunk_fn, per_position, keep[i : i + chunk_size], *(r[i : i + chunk_size] for r in flat),
                        use_reentrant=False)
             for i in range(0, n, chunk_size)
-        )
+        ]
+    if reduction == "none":
+        return torch.cat(parts).reshape(shape)
+    total = sum(parts)
     if reduction == "sum":
         return total
     return total / keep.sum().clamp(min=1)

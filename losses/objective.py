@@ -85,8 +85,9 @@ class _LogitTerm(nn.Module):
         self.fn = TERMS[term.name].fn
         self.kwargs = {"temperature" if k == "T" else k: v for k, v in term.params.items()}
 
-    def forward(self, student: ModelOutputs, teacher: ModelOutputs, labels: Tensor | None, items: Tensor):
-        return self.fn(student.logits, teacher.logits, items, reduction="sum", **self.kwargs)
+    def forward(self, student: ModelOutputs, teacher: ModelOutputs, labels: Tensor | None, items: Tensor,
+                reduction: str = "sum"):
+        return self.fn(student.logits, teacher.logits, items, reduction=reduction, **self.kwargs)
 
 
 class _HiddenTerm(nn.Module):
@@ -204,6 +205,19 @@ class DistillationObjective(nn.Module):
         # One host sync for all the logged parts.
         means = (torch.stack([s.detach() for s in sums]) / items.sum().clamp(min=1)).tolist()
         return total, dict(zip(self._part_names, means))
+
+    def per_position(self, student: ModelOutputs, teacher: ModelOutputs, mask: Tensor | None = None) -> Tensor:
+        """Σ_terms weight · value at each position: ``logits.shape[:-1]`` float32,
+        0 where ``mask`` is False, for objectives of soft logit terms only (the
+        token-level ones). For sums with their own normalisation, such as one
+        mean per sequence; no host synchronisation.
+        """
+        wrong = [t.name for t in self._terms if TERMS[t.name].inputs != "logits"]
+        if wrong:
+            raise ValueError(f"per-position values exist for soft logit terms only, not {wrong}")
+        items = position_mask(student.logits, mask)
+        return sum(t.weight * loss(student, teacher, None, items, reduction="none")
+                   for t, loss in zip(self._terms, self.losses))
 
 
 def build_objective(

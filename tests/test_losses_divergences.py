@@ -391,6 +391,26 @@ def test_chunked_equals_plain(fn, kw, chunk_size):
     torch.testing.assert_close(torch.autograd.grad(chunked, s)[0], torch.autograd.grad(plain, s)[0])
 
 
+@pytest.mark.parametrize("chunk_size", [None, 4])
+@pytest.mark.parametrize("fn,kw", ALL_SOFT + [(logit_mse, {})])
+def test_reduction_none_gives_the_values_that_sum_reduces(fn, kw, chunk_size):
+    s = random_logits(3, 5, 13, seed=30).requires_grad_()
+    t = random_logits(3, 5, 13, seed=31)
+    mask = random_logits(3, 5, seed=32) > -0.7
+    temperature = {} if fn is logit_mse else {"temperature": 2.0}
+    values = fn(s, t, mask, **temperature, reduction="none", chunk_size=chunk_size, **kw)
+    assert values.shape == mask.shape and values.dtype == torch.float32
+    assert (values[~mask] == 0).all() and (values[mask] > 0).all()
+    total = fn(s, t, mask, **temperature, reduction="sum", **kw)
+    torch.testing.assert_close(values.sum(), total)
+    torch.testing.assert_close(torch.autograd.grad(values.sum(), s)[0], torch.autograd.grad(total, s)[0])
+    # Each value belongs to its own position: a mask of that position alone sums to it.
+    b, p = (int(i) for i in mask.nonzero()[-1])
+    alone = torch.zeros_like(mask)
+    alone[b, p] = True
+    torch.testing.assert_close(fn(s, t, alone, **temperature, reduction="sum", **kw), values[b, p])
+
+
 def test_chunked_cross_entropy_equals_plain():
     s = random_logits(3, 5, 13, seed=28).requires_grad_()
     labels = torch.randint(0, 13, (3, 5), generator=torch.Generator().manual_seed(29))
@@ -463,7 +483,7 @@ def test_errors_are_clear():
         forward_kl(s, t)
     with pytest.raises(ValueError, match="temperature"):
         reverse_kl(s, s, temperature=0.0)
-    with pytest.raises(ValueError, match="reduction"):
+    with pytest.raises(ValueError, match="'mean', 'sum' or 'none'"):
         forward_kl(s, s, reduction="batchmean")
     with pytest.raises(ValueError, match="chunk_size"):
         forward_kl(s, s, chunk_size=0)

@@ -275,3 +275,18 @@ def test_accumulated_micro_batches_match_one_batch_end_to_end():
     for a, b in zip((sum(g) for g in zip(*micro)), full):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert all(torch.isfinite(g).all() for g in full)
+
+
+def test_per_position_values_sum_to_the_objective_for_logit_terms_only():
+    objective = build_objective("fkl:0.3@T=2,rkl:0.7")
+    generator = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 4, 11, generator=generator), torch.randn(2, 4, 11, generator=generator)
+    mask = torch.tensor([[True, True, False, True], [False, True, True, True]])
+    values = objective.per_position(ModelOutputs(s), ModelOutputs(t), mask)
+    total, _ = objective(ModelOutputs(s), ModelOutputs(t), mask=mask)
+    assert values.shape == mask.shape and (values[~mask] == 0).all()
+    torch.testing.assert_close(values.sum(), total)
+    expected = 0.3 * forward_kl(s, t, mask, 2.0, reduction="none") + 0.7 * reverse_kl(s, t, mask, reduction="none")
+    torch.testing.assert_close(values, expected)
+    with pytest.raises(ValueError, match="soft logit terms only"):
+        build_objective("ce:0.5,fkl:0.5").per_position(ModelOutputs(s), ModelOutputs(t), mask)

@@ -21,6 +21,7 @@ from kd.qlora import (
     QLoRARunConfig,
     build_objectives,
     load_generative_teacher,
+    per_example_token_sum,
     qlora_loss,
 )
 from losses import build_objective
@@ -167,6 +168,18 @@ def test_token_level_reverse_kl_at_the_answer_position(tiny_dir, data, gen_teach
         q = F.log_softmax(answer_token_logits(student.lm, prompt), -1)  # (B, V)
         p = F.log_softmax(answer_token_logits(gen_teacher, prompt), -1)
     torch.testing.assert_close(loss.detach(), kl(q, p).sum(), atol=1e-4, rtol=1e-4)
+
+
+def test_per_example_token_sum_adds_each_rows_mean_over_its_tokens():
+    from losses import ModelOutputs
+
+    objective = build_objective("rkl@T=2,fkl:0.5")
+    generator = torch.Generator().manual_seed(4)
+    s, t = torch.randn(3, 5, 9, generator=generator), torch.randn(3, 5, 9, generator=generator)
+    mask = torch.tensor([[True, True, True, False, False], [False, False, False, False, False],
+                         [False, True, True, True, True]])  # 3 tokens, none (adds 0), 4 tokens
+    expected = sum(objective(ModelOutputs(s[b]), ModelOutputs(t[b]), mask=mask[b])[0] / mask[b].sum() for b in (0, 2))
+    torch.testing.assert_close(per_example_token_sum(objective, s, t, mask), expected)
 
 
 def test_on_policy_token_level_divergence_on_the_students_own_continuations(tiny_dir, data, tokenizer, gen_teacher):  # noqa: F811
