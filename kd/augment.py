@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import random
 
-AUGMENTATIONS = ("crossover", "drop")
-
-
 def split_host(url: str) -> tuple[str, str]:
     """``(host, rest)`` of a normalised URL; ``rest`` starts with ``/`` or ``?`` or is empty."""
     cut = min((i for i in (url.find("/"), url.find("?")) if i >= 0), default=len(url))
@@ -53,11 +50,12 @@ def augment_urls(urls: list[str], copies_per_url: int, seed: int) -> list[str]:
         raise ValueError(f"copies_per_url must be >= 0, got {copies_per_url}")
     rng = random.Random(seed)
     originals = set(urls)
+    parts = [split_host(url) for url in urls]  # (host, path and query) of each URL, split once
     out: dict[str, None] = {}
-    for url in urls:
+    for url, (host, _) in zip(urls, parts):
         for _ in range(copies_per_url):
             if rng.random() < 0.5:
-                new = split_host(url)[0] + split_host(urls[rng.randrange(len(urls))])[1]
+                new = host + parts[rng.randrange(len(urls))][1]
             else:
                 new = drop_piece(url, rng)
             if new and new not in originals:
