@@ -12,7 +12,9 @@ measured on the current device:
 - parameters, size on disk of the saved folder, in-memory footprint
   (weights, buffers and quantization state);
 - accuracy, F1, ROC-AUC and TPR at 1 % FPR on the test split, at the
-  threshold that maximises F1 on the validation split;
+  threshold that maximises F1 on the validation split, scored in the
+  variant's precision (the fp32 variant in the source's recorded
+  ``scoring_precision``, so it reproduces the training run's threshold);
 - median latency at batch 1 and throughput at batch 256, end to end
   (normalise, tokenise, forward);
 - "% smaller than the fp32 teacher" in memory and on disk.
@@ -32,11 +34,13 @@ from pathlib import Path
 
 import torch
 
+from kd.argtypes import positive_int
 from kd.batching import tokenize
 from kd.checkpoint import write_json
 from kd.classifier import final_evaluation
 from kd.data import build_splits
 from kd.evaluate import add_data_arguments, data_config_for
+from kd.inference import saved_scoring
 from kd.runinfo import device_description, library_versions
 from models.quantized import (
     QUANTIZED_PRECISIONS,
@@ -72,15 +76,25 @@ def save_variant(source: Path, precision: str, folder: Path, device: torch.devic
     return size_on_disk_bytes(folder)
 
 
-def score_variant(folder: Path, splits, set_names: list[str], device: torch.device, args) -> dict:
+def variant_scoring_precision(source: Path, precision: str) -> str:
+    """The precision a variant is scored in: the fp32 variant in its source
+    model's recorded one (``scoring_precision`` in its metrics.json, e.g. bf16
+    when it was trained and evaluated under bf16 autocast), so that it keeps the
+    source's threshold and verdicts; every other variant in its own precision."""
+    if precision == "fp32":
+        return saved_scoring(source)[1]
+    return precision
+
+
+def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[str], device: torch.device,
+                  args) -> dict:
     """Reload a saved variant and measure it: memory, accuracy, latency, throughput.
-    Its threshold and metrics go to ``folder/metrics.json`` (read by kd.predict), its ROC
-    curves to ``folder/roc.png``."""
+    Its threshold, scoring precision and metrics go to ``folder/metrics.json``
+    (read by kd.predict and kd.evaluate), its ROC curves to ``folder/roc.png``."""
     model, tokenizer = load_classifier(folder, device=device)
     sets = splits.all_sets()
     tokenized = {name: tokenize(sets[name], tokenizer, args.max_length) for name in set_names}
-    # The model is already in its own precision: no autocast.
-    evaluation = final_evaluation(model, tokenized, args.batch_size, None, folder)
+    evaluation = final_evaluation(model, tokenized, args.batch_size, scoring_precision, folder)
     write_json(folder / "metrics.json", evaluation)
     threshold, sets = evaluation["threshold"], evaluation["sets"]
     test_urls = splits.test.urls
@@ -89,6 +103,7 @@ def score_variant(folder: Path, splits, set_names: list[str], device: torch.devi
         # After the forwards above: on CPU bitsandbytes has swapped in its runtime layout.
         "memory_bytes": memory_footprint_bytes(model),
         "threshold": threshold,
+        "scoring_precision": scoring_precision,
         **{m: sets["test"][m] for m in REPORT_METRICS},
         "latency_ms_batch1": measure_latency(model, tokenizer, test_urls, batch_size=1, repeats=args.latency_repeats,
                                              max_length=args.max_length),
@@ -157,10 +172,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/quantized", help="report and saved variants (default: runs/quantized)")
     parser.add_argument("--sets", nargs="+", default=["validation", "test"], metavar="SET",
                         help="sets to score (default: validation test; add e.g. a cross-data-set name)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per URL (default 128)")
-    parser.add_argument("--batch-size", type=int, default=256, help="scoring batch size (default 256)")
-    parser.add_argument("--latency-repeats", type=int, default=50, help="timed batch-1 calls per variant (default 50)")
-    parser.add_argument("--throughput-urls", type=int, default=1024, help="test URLs scored for throughput (default 1024)")
+    parser.add_argument("--max-length", type=positive_int, default=128, help="tokens per URL (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="scoring batch size (default 256)")
+    parser.add_argument("--latency-repeats", type=positive_int, default=50, help="timed batch-1 calls per variant (default 50)")
+    parser.add_argument("--throughput-urls", type=positive_int, default=1024, help="test URLs scored for throughput (default 1024)")
     add_data_arguments(parser)
     return parser.parse_args(argv)
 
@@ -187,7 +202,8 @@ def main(argv=None) -> dict:
         folder = out / f"{role}-{precision}"
         disk_bytes = save_variant(source, precision, folder, device)
         rows.append({"role": role, "precision": precision, "folder": str(folder), "disk_bytes": disk_bytes,
-                     **score_variant(folder, splits, set_names, device, args)})
+                     **score_variant(folder, variant_scoring_precision(source, precision), splits, set_names,
+                                     device, args)})
     add_relative_sizes(rows)
 
     report = {"device": device_description() if device.type == "cpu" else torch.cuda.get_device_name(device),

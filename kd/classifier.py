@@ -16,7 +16,7 @@ from kd.batching import TokenizedSet, tokenize
 from kd.checkpoint import write_json
 from kd.config import ModelConfig, save_config
 from kd.data import DataSplits, build_splits, write_split_file
-from kd.inference import predict_tokenized, probabilities
+from kd.inference import predict_tokenized, probabilities, scoring_autocast, scoring_precision_name
 from kd.metrics import binary_metrics, choose_threshold, save_roc_png
 from kd.runinfo import device_description, git_commit, library_versions
 from kd.sources import LABEL_NAMES
@@ -63,8 +63,11 @@ def cross_entropy_sum(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 
 def make_validator(data: TokenizedSet, batch_size: int, amp_dtype):
-    """``evaluate(model) -> metrics`` on the validation set at threshold 0.5 plus
-    threshold-free metrics (ROC-AUC, TPR at low FPR), for model selection."""
+    """``evaluate(model) -> metrics`` on the validation set, scored under
+    ``amp_dtype`` as the final evaluation will be: F1 etc. at threshold 0.5 and
+    the threshold-free metrics (ROC-AUC, TPR at low FPR) that select the best
+    checkpoint (``train.metric``, default ``roc_auc``: the deployed threshold is
+    tuned afterwards, so F1 at 0.5 would rank checkpoints by the wrong cut)."""
 
     def evaluate(model) -> dict:
         probs = probabilities(predict_tokenized(model, data, batch_size=batch_size, autocast_dtype=amp_dtype))
@@ -75,11 +78,18 @@ def make_validator(data: TokenizedSet, batch_size: int, amp_dtype):
     return evaluate
 
 
-def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int, amp_dtype, out_dir: Path) -> dict:
+def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int, scoring_precision: str,
+                     out_dir: Path) -> dict:
     """Choose the threshold on validation (max F1), apply it to every other set.
 
-    Returns ``{"threshold": t, "sets": {name: metrics}}`` and writes a ROC PNG.
+    Every set is scored in ``scoring_precision`` (``fp32``, ``bf16`` or ``fp16``
+    autocast; a quantized precision runs as loaded), and the result records it
+    beside the threshold: the threshold only holds for probabilities computed
+    that way, so ``kd.predict``, ``kd.evaluate`` and ``quantize.py`` read both.
+    Returns ``{"threshold": t, "scoring_precision": p, "sets": {name: metrics}}``
+    and writes a ROC PNG.
     """
+    amp_dtype = scoring_autocast(scoring_precision)
     probs = {
         name: probabilities(predict_tokenized(model, data, batch_size=batch_size, autocast_dtype=amp_dtype, progress=True))
         for name, data in tokenized.items()
@@ -88,7 +98,7 @@ def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int,
     threshold = choose_threshold(tokenized["validation"].labels, probs["validation"])
     results = {name: binary_metrics(tokenized[name].labels, p, threshold) for name, p in probs.items()}
     save_roc_png({name: (tokenized[name].labels, p) for name, p in probs.items()}, out_dir / "roc.png")
-    return {"threshold": threshold, "sets": results}
+    return {"threshold": threshold, "scoring_precision": scoring_precision, "sets": results}
 
 
 def run_info(cfg, splits: DataSplits, extra: dict | None = None) -> dict:
@@ -140,7 +150,7 @@ def finish_run(out_dir: Path, model, tokenized, cfg, amp_dtype, started: float, 
     best checkpoint and ``results.json`` into the run."""
     best = out_dir / "best"
     (load or load_weights)(model, best)
-    evaluation = final_evaluation(model, tokenized, cfg.train.eval_batch_size, amp_dtype, out_dir)
+    evaluation = final_evaluation(model, tokenized, cfg.train.eval_batch_size, scoring_precision_name(amp_dtype), out_dir)
     evaluation["train_seconds"] = time.time() - started
     evaluation["best_checkpoint"] = str(best.resolve().name)
     write_json(best / "metrics.json", evaluation)

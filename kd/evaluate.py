@@ -6,7 +6,9 @@
 By default the data spec is the one the checkpoint was trained with (from its
 run_info.json), so the same split is rebuilt exactly; ``--config`` / ``--set``
 / ``--source`` replace it. The threshold maximises F1 on the validation split
-and is applied unchanged to every test set. Writes OUT/eval.json and
+and is applied unchanged to every test set. URLs are scored in the model's
+recorded scoring precision (``scoring_precision`` in its metrics.json, as
+training, quantize.py and kd.predict do; without one, as loaded). Writes OUT/eval.json and
 OUT/roc.png (OUT defaults to the model folder's parent run / eval-<name>).
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ from kd.checkpoint import write_json
 from kd.classifier import final_evaluation, format_table, prepare_data
 from kd.config import RunConfig, _build, load_config
 from kd.data import DataConfig
-from kd.loop import autocast_dtype
+from kd.argtypes import positive_int
+from kd.inference import saved_scoring
 from kd.sources import SourceSpec
 
 
@@ -54,24 +57,24 @@ def data_config_for(model_dir: Path, args) -> DataConfig:
 
 
 def main(argv=None) -> dict:
-    from models.quantized import load_classifier
+    from models.quantized import load_classifier, saved_precision
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved model folder (teacher, student or quantized)")
     add_data_arguments(parser)
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per URL (default 128)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-length", type=positive_int, default=128, help="tokens per URL (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="URLs per forward pass (default 256)")
     parser.add_argument("--out", help="output folder (default: <model>/../eval-<model name>)")
     args = parser.parse_args(argv)
 
     model_dir = Path(args.model)
     model, tokenizer = load_classifier(model_dir)
-    device = next(model.parameters()).device
+    _, scoring, _ = saved_scoring(model_dir, default_precision=saved_precision(model_dir))
     data_cfg = data_config_for(model_dir, args)
     _, tokenized = prepare_data(data_cfg, tokenizer, args.max_length)
     out = Path(args.out) if args.out else model_dir.resolve().parent.parent / f"eval-{model_dir.name}"
     out.mkdir(parents=True, exist_ok=True)
-    result = final_evaluation(model, tokenized, args.batch_size, autocast_dtype("auto", device), out)
+    result = final_evaluation(model, tokenized, args.batch_size, scoring, out)
     result["model"] = str(model_dir)
     write_json(out / "eval.json", result)
     print(format_table(result["sets"], f"{model_dir} (threshold {result['threshold']:.3f} chosen on validation)"))

@@ -3,7 +3,9 @@ training-time evaluation, ``kd.evaluate``, the quantization report and
 ``kd.predict`` all share."""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,39 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+AUTOCAST_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""Scoring precisions that run the forward under autocast; every other one
+(``fp32`` and the quantized precisions, ``nf4`` ...) runs the model as loaded."""
+
+
+def scoring_precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The name recorded in ``metrics.json`` for scoring under ``amp_dtype``
+    (``None``: no autocast, ``fp32``)."""
+    names = {dtype: name for name, dtype in AUTOCAST_PRECISIONS.items()}
+    return "fp32" if amp_dtype is None else names[amp_dtype]
+
+
+def scoring_autocast(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a recorded scoring precision (``None``: run as loaded)."""
+    return AUTOCAST_PRECISIONS.get(precision)
+
+
+def saved_scoring(model_dir: str | Path, default_precision: str = "fp32") -> tuple[float, str, str]:
+    """``(threshold, scoring precision, where they came from)`` for a model folder.
+
+    Training, ``kd.evaluate`` and ``quantize.py`` write both into
+    ``MODEL_DIR/metrics.json``: the threshold was tuned on probabilities
+    computed in that precision, so every tool that applies the threshold must
+    score in it too. Without the file: 0.5 and ``default_precision``.
+    """
+    metrics = Path(model_dir) / "metrics.json"
+    if metrics.is_file():
+        saved = json.loads(metrics.read_text())
+        if saved.get("threshold") is not None:
+            return float(saved["threshold"]), saved.get("scoring_precision", default_precision), str(metrics)
+    return 0.5, default_precision, "default"
 
 
 def synchronize(device: torch.device) -> None:
@@ -43,6 +78,8 @@ def predict_tokenized(
     """
     from tqdm.auto import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     out = np.empty((len(data), model.config.num_labels), dtype=np.float32)

@@ -66,8 +66,9 @@ class TrainConfig:
     """``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16`` or ``fp16`` (with a GradScaler)."""
     eval_every: int = 0
     """Evaluate every this many optimizer steps (0: only at each epoch end)."""
-    metric: str = "f1"
-    """Validation metric (higher is better) that picks the best checkpoint and drives early stopping."""
+    metric: str = "roc_auc"
+    """Validation metric (higher is better) that picks the best checkpoint and drives early stopping.
+    Threshold-free by default: the deployed threshold is tuned after training, not fixed at 0.5."""
     patience: int = 0
     """Stop after this many evaluations without improvement (0: never stop early)."""
     seed: int = 0

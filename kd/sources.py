@@ -9,10 +9,12 @@ Labels are integers: 0 = legitimate, 1 = phishing.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -32,12 +34,117 @@ LABEL_COLUMNS = ("label", "labels", "status", "class", "type", "target", "is_phi
 FORMATS = ("auto", "hannousse", "phishtank", "lines", "csv", "json", "jsonl", "parquet", "hf")
 
 SKIP_REASONS = {
+    "blank_line": "a blank line (no fields at all)",
     "empty_url": "the URL cell is empty, blank or NaN",
     "invalid_utf8": "the row is not valid UTF-8",
     "too_long": "the URL is longer than max_url_chars",
+    "control_characters": "the URL holds a control character (NUL, tab, a line break, ...)",
+    "null_url": "the URL cell is a null placeholder (null, None, NaN), not a URL",
     "missing_label": "the label cell is empty or NaN",
 }
 """Why a row may be skipped while reading (all counted and reported)."""
+
+NULL_URLS = frozenset({"null", "none", "nan", "nil", "undefined"})
+"""Placeholders that exports write for a missing value (compared case-insensitively)."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+FILE_FORMATS = ("lines", "csv", "jsonl", "json", "parquet")
+"""What :func:`detect_format` tells apart."""
+
+_FORMATS_OF_SUFFIX = {
+    ".jsonl": ("jsonl",), ".ndjson": ("jsonl",), ".json": ("json", "jsonl"), ".parquet": ("parquet",),
+    ".csv": ("csv", "lines"), ".tsv": ("csv", "lines"), ".txt": ("lines", "csv"), ".lst": ("lines",), ".list": ("lines",),
+}
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ .\-]*")
+
+
+def url_problem(url: str, max_chars: int) -> str | None:
+    """Why a (stripped) URL cannot be used, as a key of :data:`SKIP_REASONS`, or None.
+
+    The one screening that training data (:func:`read_source`) and
+    ``kd.predict`` both apply, so that what a model never trained on is also
+    never scored.
+    """
+    if not url:
+        return "empty_url"
+    if _has_bad_bytes(url):
+        return "invalid_utf8"
+    if len(url) > max_chars:
+        return "too_long"
+    if _CONTROL.search(url):
+        return "control_characters"
+    if url.lower() in NULL_URLS:
+        return "null_url"
+    return None
+
+
+def first_line(path: Path, limit: int = 1 << 16) -> bytes | None:
+    """The first non-blank line of a file (at most ``limit`` bytes, without a
+    UTF-8 byte-order mark or line end), or None if the file holds nothing else."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(limit), b"")):
+            if number == 0:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            if raw.strip():
+                return raw.rstrip(b"\r\n")
+    return None
+
+
+def _looks_like_header(fields: list[str], url_columns: tuple[str, ...]) -> bool:
+    names = [f.strip() for f in fields]
+    if not any(names) or not all(n == "" or _COLUMN_NAME.fullmatch(n) for n in names):
+        return False
+    return len(names) > 1 or names[0].lower() in url_columns
+
+
+def detect_format(path: Path, head: bytes, url_columns: tuple[str, ...] = URL_COLUMNS, option: str = "format=") -> str:
+    """One of :data:`FILE_FORMATS` for a file, from its first non-blank line
+    ``head`` (see :func:`first_line`) checked against its extension.
+
+    ``[`` starts a JSON list, ``{`` a JSON-lines file; a comma-separated line of
+    column names is a CSV header, which must name a URL column (one of
+    ``url_columns``, lower case); anything else is one URL per line. A file
+    that could be read two ways is refused with a :class:`DataError` that names
+    ``option`` (``format=`` for a source, ``--format`` for kd.predict): a header
+    without a URL column, rows that end in a label but have no header, content
+    that contradicts the extension.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".parquet" or head.startswith(b"PAR1"):
+        return "parquet"
+    text = head.decode("utf-8", errors="replace").strip()
+    fields = next(csv.reader([text]), [])
+    if text.startswith("["):
+        found = "json"
+    elif text.startswith("{") or (text.startswith('"') and suffix in (".jsonl", ".ndjson")):
+        found = "jsonl"
+    elif _looks_like_header(fields, url_columns):
+        if not {f.strip().lower() for f in fields} & set(url_columns):
+            raise DataError(
+                f"{path}: no url column in the first line, a CSV header with columns {fields} "
+                f"(looked for {list(url_columns)}); name it with {'url_column=...' if option == 'format=' else '--column'}, "
+                f"or, if the line is a URL, give {option}lines"
+            )
+        found = "csv"
+    elif len(fields) > 1 and fields[-1].strip().lower() in (*LABEL_VALUES, "0.0", "1.0"):
+        raise DataError(
+            f"{path}: the first line {text[:80]!r} looks like a CSV row with a label but no header; "
+            f"add a header line (url,label) or, if the line is one URL, give {option}lines"
+        )
+    else:
+        found = "lines"
+    allowed = _FORMATS_OF_SUFFIX.get(suffix)
+    if allowed is not None and found not in allowed:
+        raise DataError(
+            f"{path}: the name says {'/'.join(allowed)} but the first line {text[:80]!r} looks like {found}; "
+            f"give {option}{allowed[0]} or {option}{found} to say which"
+        )
+    return found
+
+
+BLANK = object()
+"""What a reader yields in place of a URL for a blank line (counted as ``blank_line``)."""
 
 
 class DataError(ValueError):
@@ -163,12 +270,14 @@ def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, 
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             yield number, raw.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
 
 
 def _read_csv(path: Path, spec: SourceSpec, need_label: bool) -> Iterator[tuple[int, object, object]]:
     csv.field_size_limit(min(2**31 - 1, 2**62))
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
@@ -180,23 +289,28 @@ def _read_csv(path: Path, spec: SourceSpec, need_label: bool) -> Iterator[tuple[
         for row in reader:
             line = reader.line_num
             if not row:
+                yield line, BLANK, None
                 continue
             url = row[url_col] if url_col < len(row) else None
             label = row[label_col] if label_col is not None and label_col < len(row) else None
             yield line, url, label
 
 
-def _read_records(records: list, spec: SourceSpec, need_label: bool, where) -> Iterator[tuple[int, object, object]]:
-    """JSON-like records: a list of URL strings, or of objects with url/label keys."""
+def _read_records(records, spec: SourceSpec, need_label: bool, where, unit: str = "item") -> Iterator[tuple[int, object, object]]:
+    """JSON-like records, ``(number, record)`` pairs: URL strings, or objects with
+    url/label keys. ``unit`` names the number in errors (``item``, ``line``)."""
     url_key = label_key = None
-    for index, record in enumerate(records, start=1):
+    for index, record in records:
+        if record is BLANK:
+            yield index, BLANK, None
+            continue
         if isinstance(record, str):
             if need_label:
-                raise DataError(f"{where}: item {index} is a bare URL, so the source needs label=...")
+                raise DataError(f"{where}: {unit} {index} is a bare URL, so the source needs label=...")
             yield index, record, None
             continue
         if not isinstance(record, dict):
-            raise DataError(f"{where}: item {index} is {type(record).__name__}, expected a URL string or an object")
+            raise DataError(f"{where}: {unit} {index} is {type(record).__name__}, expected a URL string or an object")
         if url_key is None:
             url_key = _pick_column(list(record), spec.url_column, URL_COLUMNS, "url", where)
             if need_label:
@@ -221,24 +335,30 @@ def _read_hub(spec: SourceSpec, need_label: bool):
         table = datasets.load_dataset(name, split="train+test" if name == HUB_DATASET else "train")
     except Exception as err:  # any network or hub error ends the same way for the user
         raise DataError(f"hub dataset {name!r} could not be loaded ({type(err).__name__}: {err}); {hint}") from err
-    return _read_records(table.to_list(), spec, need_label, f"hf:{name}")
+    return _read_records(enumerate(table.to_list(), start=1), spec, need_label, f"hf:{name}")
 
 
-def _detect_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix in (".json", ".jsonl", ".parquet"):
-        return suffix[1:]
-    if suffix in (".txt", ".lst", ".list"):
-        return "lines"
-    with open(path, "rb") as handle:
-        first = handle.readline(4096).decode("utf-8", errors="replace").strip().lower()
-    if first.startswith("phish_id,"):
+def _jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
+    for n, text in _read_lines(path):
+        if not text.strip():
+            yield n, BLANK
+            continue
+        try:
+            yield n, json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}, line {n}: not valid JSON ({err.msg} at column {err.colno})") from err
+
+
+def _detect_source_format(path: Path, spec: SourceSpec) -> str:
+    head = first_line(path)
+    columns = URL_COLUMNS if spec.url_column is None else (spec.url_column.lower(),)
+    fmt = detect_format(path, head, columns)
+    first = head.decode("utf-8", errors="replace").strip().lower()
+    if fmt == "csv" and first.startswith("phish_id,"):
         return "phishtank"
-    if first.startswith("url,") and ",status" in first:
+    if fmt == "csv" and first.startswith("url,") and ",status" in first:
         return "hannousse"
-    if "," not in first or "://" in first.split(",")[0]:
-        return "lines"  # no header row: one URL a line (the ISCX lists)
-    return "csv"
+    return fmt
 
 
 def read_source(
@@ -246,9 +366,11 @@ def read_source(
 ) -> tuple[list[tuple[int, str, int]], ReadReport]:
     """Read one source into ``[(line, raw_url, label), ...]`` and its report.
 
-    ``line`` is the 1-based line (CSV / text) or item (JSON, parquet) number.
-    Raises :class:`DataError` for a missing file or column, an unknown label
-    value, or a source that yields no usable rows.
+    ``line`` is the 1-based line (CSV / text / JSON lines) or item (JSON,
+    parquet) number. The format is :func:`detect_format`'s unless
+    ``spec.format`` names one. Raises :class:`DataError` for a missing or empty
+    file, an ambiguous format, a missing column, an unknown label value, or a
+    source that yields no usable rows.
     """
     fixed_label = None if spec.label is None else parse_label(spec.label, where=spec.path)
     need_label = fixed_label is None
@@ -263,53 +385,43 @@ def read_source(
         if not path.is_file():
             raise DataError(f"source file not found: {path}" + ("" if path.parent.is_dir() else f" (no folder {path.parent})"))
         where = str(path)
-        fmt = _detect_format(path) if spec.format == "auto" else spec.format
+        if first_line(path) is None:
+            raise DataError(f"{path}: empty file" + ("" if path.stat().st_size == 0 else " (only blank lines)"))
+        fmt = _detect_source_format(path, spec) if spec.format == "auto" else spec.format
         if fmt == "lines":
             if need_label:
                 raise DataError(f"{path}: a one-URL-per-line file holds no labels; give label=phishing or label=legitimate")
-            rows = ((n, text, None) for n, text in _read_lines(path))
+            rows = ((n, text if text.strip() else BLANK, None) for n, text in _read_lines(path))
         elif fmt in ("csv", "hannousse", "phishtank"):
             if fmt == "phishtank" and need_label:
                 fixed_label, need_label = PHISHING, False  # PhishTank lists verified phishing only
             rows = _read_csv(path, spec, need_label)
         elif fmt == "json":
-            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            with open(path, encoding="utf-8-sig", errors="surrogateescape") as handle:
                 try:
                     payload = json.load(handle)
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}: not valid JSON ({err})") from err
             if not isinstance(payload, list):
                 raise DataError(f"{path}: expected a JSON list of URLs or of {{url, label}} objects")
-            rows = _read_records(payload, spec, need_label, path)
+            rows = _read_records(enumerate(payload, start=1), spec, need_label, path)
         elif fmt == "jsonl":
-            records = []
-            for n, text in _read_lines(path):
-                if text.strip():
-                    try:
-                        records.append(json.loads(text))
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}, line {n}: not valid JSON ({err})") from err
-            rows = _read_records(records, spec, need_label, path)
+            rows = _read_records(_jsonl_records(path), spec, need_label, path, unit="line")
         elif fmt == "parquet":
             import pandas as pd
 
-            rows = _read_records(pd.read_parquet(path).to_dict("records"), spec, need_label, path)
+            rows = _read_records(enumerate(pd.read_parquet(path).to_dict("records"), start=1), spec, need_label, path)
         else:
             raise DataError(f"{path}: format {fmt!r} cannot be read from a file")
 
     out: list[tuple[int, str, int]] = []
     for line, url, label in rows:
         report.rows_read += 1
-        if _is_missing(url):
-            report.skipped["empty_url"] += 1
+        problem = "blank_line" if url is BLANK else "empty_url" if _is_missing(url) else url_problem(str(url).strip(), max_url_chars)
+        if problem is not None:
+            report.skipped[problem] += 1
             continue
         url = str(url).strip()
-        if _has_bad_bytes(url):
-            report.skipped["invalid_utf8"] += 1
-            continue
-        if len(url) > max_url_chars:
-            report.skipped["too_long"] += 1
-            continue
         if need_label:
             if _is_missing(label):
                 report.skipped["missing_label"] += 1

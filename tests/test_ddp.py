@@ -110,7 +110,7 @@ def train_two_ranks(out_dir, dist_info: DistInfo) -> dict:
     cfg = TrainConfig(epochs=1, batch_size=4, max_steps=3, eval_every=2, log_every=1, lr=1e-3)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        train(student, loss_fn, url_like_set(48, seed=1), lambda m: {"f1": 0.5}, cfg, out_dir,
+        train(student, loss_fn, url_like_set(48, seed=1), lambda m: {"roc_auc": 0.5}, cfg, out_dir,
               save=save, device=torch.device("cpu"), dist_info=dist_info, extra_modules=extra)
     weights = {f"weight.{n}": p.detach().clone() for n, p in named_params(student, extra).items()}
     return {"weights": weights, "saves": saves, "printed": printed.getvalue()}

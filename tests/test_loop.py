@@ -82,7 +82,7 @@ def test_early_stopping_after_patience(tmp_path):
     scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])
     model = tiny_model()
     cfg = TrainConfig(epochs=1, batch_size=4, eval_every=2, patience=2, log_every=1)
-    result = train(model, cross_entropy_sum, data, lambda m: {"f1": next(scores)}, cfg, tmp_path,
+    result = train(model, cross_entropy_sum, data, lambda m: {"roc_auc": next(scores)}, cfg, tmp_path,
                    save=lambda m, f: m.save_pretrained(f), device=torch.device("cpu"))
     assert result.stopped_early and result.steps == 6 and result.best_step == 2
     assert (tmp_path / "best").resolve().name == "step-000002"
