@@ -15,32 +15,44 @@ import codecs
 import csv
 import itertools
 import json
-import re
+import os
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kd.inference import predict_proba
+from kd.argtypes import positive_int, probability
+from kd.inference import predict_proba, saved_scoring, scoring_autocast
+from kd.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
 from kd.urls import normalize_url
 
 DEFAULT_MAX_CHARS = 2048
 CHUNK_ROWS = 4096
 EXCERPT_CHARS = 200
+MAX_FIELD_LINES = 8
+"""A CSV field quoted across more lines than this is not looked for: the line is malformed."""
 SCORE_COLUMNS = ("line", "url", "normalized_url", "label", "probability_phishing")
 REJECT_COLUMNS = ("line", "reason", "content")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+INPUT_FORMATS = ("lines", "csv", "jsonl")
 
 
 def screen_url(url: str, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str | None, str | None]:
-    """``(normalised URL, None)`` if ``url`` can be scored, else ``(None, why not)``."""
+    """``(normalised URL, None)`` if ``url`` can be scored, else ``(None, why not)``.
+
+    The screening of training data (:func:`kd.sources.url_problem`), then the
+    training-time normalisation."""
     url = url.strip()
-    if not url:
-        return None, "empty"
-    if len(url) > max_chars:
-        return None, f"longer than {max_chars} characters ({len(url)})"
-    if _CONTROL.search(url):
-        return None, "contains control characters"
+    problem = url_problem(url, max_chars)
+    if problem is not None:
+        return None, {
+            "empty_url": "empty",
+            "invalid_utf8": "not valid UTF-8",
+            "too_long": f"longer than {max_chars} characters ({len(url)})",
+            "control_characters": "contains control characters",
+            "null_url": f"a null placeholder ({url}), not a URL",
+        }[problem]
     normalized = normalize_url(url)
     if not normalized:
         return None, "empty after normalisation"
@@ -50,12 +62,8 @@ def screen_url(url: str, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str | None
 def default_threshold(model_dir: str | Path) -> tuple[float, str]:
     """``(threshold, where it came from)``: the ``threshold`` key of
     ``MODEL_DIR/metrics.json`` (written by training) if present, else 0.5."""
-    metrics = Path(model_dir) / "metrics.json"
-    if metrics.is_file():
-        threshold = json.loads(metrics.read_text()).get("threshold")
-        if threshold is not None:
-            return float(threshold), str(metrics)
-    return 0.5, "default"
+    threshold, _, source = saved_scoring(model_dir)
+    return threshold, source
 
 
 class InputFormatError(ValueError):
@@ -80,55 +88,214 @@ def _decode(raw: bytes) -> str | None:
         return None
 
 
-def read_rows(lines: Iterable[bytes], column: str = "url", fmt: str = "auto") -> Iterator[Row]:
-    """Rows of a file read as byte lines; ``fmt`` is ``auto``, ``lines`` or ``csv``.
+def _excerpt(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace")[:EXCERPT_CHARS]
 
-    ``csv``: the first line is a header naming ``column``; ``lines``: one URL
-    per line, no header; ``auto``: ``csv`` if the first line is such a header.
-    Each line is decoded and parsed on its own, so a bad line is one reject.
+
+def _pick_column(fields: list[str], column: str | None) -> int:
+    """Index of ``column`` (any case) among the header ``fields``, or of the
+    first of :data:`kd.sources.URL_COLUMNS` when no column is named."""
+    lower = [f.strip().lower() for f in fields]
+    for name in (column.lower(),) if column else URL_COLUMNS:
+        if name in lower:
+            return lower.index(name)
+    wanted = f"column {column!r}" if column else f"URL column (looked for {list(URL_COLUMNS)})"
+    raise InputFormatError(f"the CSV header {fields} has no {wanted} (name it with --column, or give --format lines)")
+
+
+def _parse_csv_line(text: str) -> list[str]:
+    return next(csv.reader([text], strict=True), [])
+
+
+def _join_quoted(text: str, take) -> tuple[list[tuple[int, bytes]], bool]:
+    """Read ahead (``take()``) until the quote opened on the line ``text`` closes.
+
+    Returns the lines read and whether they close it into one valid CSV row;
+    at most ``MAX_FIELD_LINES`` lines in all.
     """
-    lines = iter(lines)
-    first = next(lines, None)
-    if first is None:
-        return
-    first = first.removeprefix(codecs.BOM_UTF8)  # spreadsheets write one
-    header = _decode(first.rstrip(b"\r\n"))
-    fields = next(csv.reader([header]), []) if header is not None else []
-    if fmt == "csv" and column not in fields:
-        raise InputFormatError(f"the CSV header {fields} has no column {column!r} (name it with --column)")
-    is_csv = fmt == "csv" or (fmt == "auto" and column in fields)
-    if is_csv:
-        index, numbered = fields.index(column), enumerate(lines, start=2)
-    else:
-        index, numbered = 0, enumerate(itertools.chain([first], lines), start=1)
-    for number, raw in numbered:
-        raw = raw.rstrip(b"\r\n")
+    taken, joined = [], text
+    while joined.count('"') % 2 and len(taken) < MAX_FIELD_LINES - 1:
+        ahead = take()
+        if ahead is None:
+            break
+        taken.append(ahead)
+        ahead_text = _decode(ahead[1])
+        if ahead_text is None:
+            break
+        joined += "\n" + ahead_text
+    if taken and joined.count('"') % 2 == 0:
+        try:
+            _parse_csv_line(joined)
+            return taken, True
+        except csv.Error:
+            pass
+    return taken, False
+
+
+def _csv_rows(numbered: Iterator[tuple[int, bytes]], index: int, column: str) -> Iterator[Row]:
+    """CSV data rows after the header, one line at a time, so that a bad line is
+    one reject. A quoted field that continues on the next lines (a URL never
+    holds a line break) rejects each of its lines, with the span as reason."""
+    pending: list[tuple[int, bytes]] = []  # lines read ahead and given back
+
+    def take():
+        return pending.pop(0) if pending else next(numbered, None)
+
+    while (item := take()) is not None:
+        number, raw = item
         text = _decode(raw)
-        content = raw.decode("utf-8", errors="backslashreplace")[:EXCERPT_CHARS]
         if text is None:
-            yield Row(number, None, "not valid UTF-8", content)
+            yield Row(number, None, "not valid UTF-8", _excerpt(raw))
             continue
-        if not is_csv or not text.strip():
-            yield Row(number, text, None, content)
+        if not text.strip():
+            yield Row(number, text, None, _excerpt(raw))
             continue
         try:
-            values = next(csv.reader([text], strict=True), [])
+            values = _parse_csv_line(text)
         except csv.Error as err:
-            yield Row(number, None, f"malformed CSV row ({err})", content)
+            taken, closed = _join_quoted(text, take)
+            if closed:
+                reason = f"a quoted field spans lines {number}-{taken[-1][0]} (a URL holds no line break)"
+                for n, r in (item, *taken):
+                    yield Row(n, None, reason, _excerpt(r))
+            else:
+                pending[:0] = taken
+                yield Row(number, None, f"malformed CSV row ({err})", _excerpt(raw))
             continue
         if index >= len(values):
-            yield Row(number, None, f"{len(values)} fields, no {column!r} column", content)
+            yield Row(number, None, f"{len(values)} fields, no {column!r} column", _excerpt(raw))
         else:
-            yield Row(number, values[index], None, content)
+            yield Row(number, values[index], None, _excerpt(raw))
+
+
+def _jsonl_rows(numbered: Iterator[tuple[int, bytes]], column: str | None) -> Iterator[Row]:
+    """JSON lines: each line a URL string or an object holding one under
+    ``column`` (default: the first key of :data:`kd.sources.URL_COLUMNS`, any case)."""
+    for number, raw in numbered:
+        text = _decode(raw)
+        if text is None:
+            yield Row(number, None, "not valid UTF-8", _excerpt(raw))
+            continue
+        if not text.strip():
+            yield Row(number, text, None, _excerpt(raw))
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield Row(number, None, f"not valid JSON ({err.msg} at column {err.colno})", _excerpt(raw))
+            continue
+        if isinstance(record, dict):
+            keys = {str(k).lower(): k for k in record}
+            key = next((keys[n] for n in ((column.lower(),) if column else URL_COLUMNS) if n in keys), None)
+            if key is None:
+                yield Row(number, None, f"no {column or 'URL'!r} key in the object", _excerpt(raw))
+                continue
+            record = record[key]
+        if isinstance(record, str):
+            yield Row(number, record, None, _excerpt(raw))
+        else:
+            yield Row(number, None, f"a JSON {type(record).__name__}, not a URL string", _excerpt(raw))
+
+
+def read_rows(lines: Iterable[bytes], fmt: str = "lines", column: str | None = None) -> Iterator[Row]:
+    """Rows of a file read as byte lines, in ``fmt`` (one of :data:`INPUT_FORMATS`;
+    :func:`input_format` detects it).
+
+    ``lines``: one URL per line; ``csv``: the first non-blank line is a header
+    naming ``column`` (default: a known URL column); ``jsonl``: one JSON value a
+    line. Line numbers count from 1 and include blank lines and the header,
+    which is the only line that yields no row.
+    """
+    numbered = enumerate(lines, start=1)
+    numbered = ((n, (raw.removeprefix(codecs.BOM_UTF8) if n == 1 else raw).rstrip(b"\r\n")) for n, raw in numbered)
+    if fmt == "jsonl":
+        yield from _jsonl_rows(numbered, column)
+        return
+    if fmt == "lines":
+        for number, raw in numbered:
+            text = _decode(raw)
+            yield Row(number, text, None if text is not None else "not valid UTF-8", _excerpt(raw))
+        return
+    for number, raw in numbered:  # csv: blank lines, then the header
+        header = _decode(raw)
+        if header is None:
+            raise InputFormatError(f"the CSV header (line {number}) is not valid UTF-8")
+        if not header.strip():
+            yield Row(number, header, None, "")
+            continue
+        try:
+            fields = _parse_csv_line(header)
+        except csv.Error as err:
+            raise InputFormatError(f"the CSV header (line {number}) does not parse: {err}") from None
+        index = _pick_column(fields, column)
+        yield from _csv_rows(numbered, index, fields[index])
+        return
+
+
+def input_format(path: Path, fmt: str, column: str | None) -> str:
+    """``fmt`` or, for ``auto``, the format :func:`kd.sources.detect_format` finds
+    (the training-data detection); only lines, CSV and JSON lines stream. A CSV
+    header must name the URL column. Raises :class:`InputFormatError`."""
+    head = first_line(path)
+    if head is None:
+        return "lines"  # nothing but blank lines: each is a reject
+    if fmt == "auto":
+        try:
+            fmt = detect_format(path, head, (column.lower(),) if column else URL_COLUMNS, option="--format ")
+        except DataError as err:
+            raise InputFormatError(str(err)) from None
+        if fmt not in INPUT_FORMATS:
+            raise InputFormatError(f"{path} holds {fmt}; kd.predict streams {', '.join(INPUT_FORMATS)} "
+                                   "(write it as JSON lines, or give --format)")
+    if fmt == "csv":
+        header = _decode(head)
+        try:
+            _pick_column(_parse_csv_line(header or ""), column)
+        except csv.Error as err:
+            raise InputFormatError(f"{path}: the CSV header does not parse: {err}") from None
+    return fmt
 
 
 @dataclass
 class Counts:
-    """Rows read from the input; each is either scored or rejected."""
+    """Rows read from the input; each is either scored or rejected. ``failed``
+    rejects are those the model gave no probability in [0, 1] (exit status 1)."""
 
     read: int = 0
     scored: int = 0
     rejected: int = 0
+    failed: int = 0
+
+
+def check_paths(input_path: Path, output_path: Path, rejects_path: Path) -> None:
+    """Refuse an input, output and rejects file that are the same file (by resolved
+    path): writing one would destroy or hide another."""
+    named = {"--input": input_path, "--output": output_path, "--rejects": rejects_path}
+    for (a, pa), (b, pb) in itertools.combinations(named.items(), 2):
+        same = pa.resolve() == pb.resolve() or (pa.exists() and pb.exists() and os.path.samefile(pa, pb))
+        if same:
+            raise InputFormatError(f"{a} and {b} are the same file ({pa}); give {b} another path")
+    for name, path in (("--output", output_path), ("--rejects", rejects_path)):
+        if not path.resolve().parent.is_dir():
+            raise InputFormatError(f"{name} {path}: no folder {path.resolve().parent}")
+
+
+@contextmanager
+def replace_on_success(*paths: Path):
+    """Text handles to temporary files beside ``paths``, renamed onto them only
+    if the block ends without an error (an existing file is never emptied)."""
+    temps = [tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=p.resolve().parent,
+                                         prefix=f".{p.name}.", suffix=".tmp", delete=False) for p in paths]
+    try:
+        yield temps
+        for temp, path in zip(temps, paths):
+            temp.close()
+            os.replace(temp.name, path)
+    finally:
+        for temp in temps:
+            temp.close()
+            if os.path.exists(temp.name):
+                os.unlink(temp.name)
 
 
 def score_file(
@@ -139,28 +306,32 @@ def score_file(
     rejects_path: str | Path,
     *,
     threshold: float = 0.5,
-    column: str = "url",
+    column: str | None = None,
     fmt: str = "auto",
     max_chars: int = DEFAULT_MAX_CHARS,
     chunk_rows: int = CHUNK_ROWS,
     batch_size: int = 256,
     max_length: int = 128,
+    autocast_dtype=None,
     progress: bool | None = None,
 ) -> Counts:
     """Score every row of ``input_path`` into ``output_path`` (CSV with
     :data:`SCORE_COLUMNS`) or write it to ``rejects_path`` (:data:`REJECT_COLUMNS`).
 
     Rows are scored ``chunk_rows`` at a time, so memory does not grow with the
-    file. ``progress=None`` shows a bar only on a terminal.
+    file, under ``autocast_dtype`` (the model's scoring precision). Both
+    outputs are written to temporary files and renamed into place at the end.
+    ``progress=None`` shows a bar only on a terminal.
     """
     from tqdm.auto import tqdm
 
+    input_path, output_path, rejects_path = Path(input_path), Path(output_path), Path(rejects_path)
+    check_paths(input_path, output_path, rejects_path)
+    fmt = input_format(input_path, fmt, column)
     counts = Counts()
-    input_path = Path(input_path)
     with (
         input_path.open("rb") as source,
-        open(output_path, "w", newline="", encoding="utf-8") as out,
-        open(rejects_path, "w", newline="", encoding="utf-8") as rej,
+        replace_on_success(output_path, rejects_path) as (out, rej),
         tqdm(total=input_path.stat().st_size, unit="B", unit_scale=True, desc="scoring",
              disable=None if progress is None else not progress) as bar,
     ):
@@ -173,23 +344,28 @@ def score_file(
                 bar.update(len(raw))
                 yield raw
 
-        def flush(chunk: list[tuple[int, str, str]]) -> None:
+        def flush(chunk: list[tuple[Row, str, str]]) -> None:
             probs = predict_proba(model, tokenizer, [n for _, _, n in chunk], normalize=False,
-                                  batch_size=batch_size, max_length=max_length)
-            for (line, url, normalized), p in zip(chunk, probs):
+                                  batch_size=batch_size, max_length=max_length, autocast_dtype=autocast_dtype)
+            for (row, url, normalized), p in zip(chunk, probs):
+                if not 0 <= p <= 1:  # NaN too
+                    rejects.writerow((row.line, f"the model gave probability {p}", row.content))
+                    counts.rejected += 1
+                    counts.failed += 1
+                    continue
                 label = "phishing" if p >= threshold else "legitimate"
-                scores.writerow((line, url, normalized, label, float(p)))
-            counts.scored += len(chunk)
+                scores.writerow((row.line, url, normalized, label, float(p)))
+                counts.scored += 1
 
-        chunk: list[tuple[int, str, str]] = []
-        for row in read_rows(lines(), column, fmt):
+        chunk: list[tuple[Row, str, str]] = []
+        for row in read_rows(lines(), fmt, column):
             counts.read += 1
             normalized, reason = (None, row.reason) if row.reason else screen_url(row.url, max_chars)
             if reason is not None:
                 rejects.writerow((row.line, reason, row.content))
                 counts.rejected += 1
                 continue
-            chunk.append((row.line, row.url.strip(), normalized))
+            chunk.append((row, row.url.strip(), normalized))
             if len(chunk) == chunk_rows:
                 flush(chunk)
                 chunk = []
@@ -198,18 +374,23 @@ def score_file(
     return counts
 
 
-def print_table(model, tokenizer, urls: list[str], threshold: float, max_chars: int, **predict_kwargs):
-    """Score ``urls`` and print probability, label and URL per line (rejects with their reason)."""
+def print_table(model, tokenizer, urls: list[str], threshold: float, max_chars: int, **predict_kwargs) -> int:
+    """Score ``urls`` and print probability, label and URL per line (rejects with
+    their reason). Returns how many the model gave no probability in [0, 1]."""
     screened = [screen_url(u, max_chars) for u in urls]
     good = [normalized for normalized, reason in screened if reason is None]
     probs = iter(predict_proba(model, tokenizer, good, normalize=False, **predict_kwargs))
+    failed = 0
     print(f"{'probability':>11}  {'label':<10}  url")
     for url, (_, reason) in zip(urls, screened):
+        p = next(probs) if reason is None else None
+        if p is not None and not 0 <= p <= 1:
+            reason, failed = f"the model gave probability {p}", failed + 1
         if reason is None:
-            p = next(probs)
             print(f"{p:>11.4f}  {'phishing' if p >= threshold else 'legitimate':<10}  {url}")
         else:
             print(f"{'-':>11}  {'rejected':<10}  {url[:EXCERPT_CHARS]!r}: {reason}")
+    return failed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,11 +407,22 @@ label is 'phishing' when probability_phishing >= threshold.""",
         epilog="""\
 rows that cannot be scored are never dropped silently: an empty line, bytes
 that are not valid UTF-8, a URL longer than --max-chars characters, control
-characters, nothing left after normalisation, a CSV row that does not parse
-or lacks the column. With --input they go to --rejects with their line number
-(1-based, counting a CSV header) and the reason; stderr gets a summary of rows
+characters (NUL, tab, ...), a null placeholder (null, None, NaN), nothing left
+after normalisation, a CSV row that does not parse, lacks the column or holds
+a quoted field spanning lines, a JSON line that does not parse or holds no URL.
+With --input they go to --rejects with their line number (1-based, counting
+blank lines and a CSV header) and the reason; stderr gets a summary of rows
 read / scored / rejected. Scores keep the input order. The file is streamed in
-chunks of --chunk-rows rows, with a progress bar on a terminal.
+chunks of --chunk-rows rows, with a progress bar on a terminal. Both files are
+written under temporary names and renamed into place when the run ends; the
+input, output and rejects must be three different files.
+
+URLs are scored in the precision recorded with the threshold (scoring_precision
+in MODEL/metrics.json: e.g. bf16 autocast when training evaluated that way).
+
+exit status: 0 when every row was scored or rejected for its content, 1 when
+the model gave a probability outside [0, 1] (NaN) for some row (rejected with
+that reason), 2 for a usage or input-format error (nothing is written).
 
 examples:
   python -m kd.predict --model runs/student http://paypal.com.verify.xyz/login
@@ -243,72 +435,92 @@ examples:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="model folder (save_pretrained + tokenizer)")
     parser.add_argument("--input", type=Path, metavar="FILE",
-                        help="file to score: one URL per line, or a CSV with a header (see --format)")
+                        help="file to score: one URL per line, a CSV with a header, or JSON lines (see --format)")
     parser.add_argument("--output", type=Path, metavar="CSV",
                         help="scores CSV to write (required with --input); columns: "
                              + ", ".join(SCORE_COLUMNS))
     parser.add_argument("--rejects", type=Path, metavar="CSV",
                         help="rejects CSV (line, reason, first 200 characters of the row); "
                              "default: OUTPUT with the suffix .rejects.csv")
-    parser.add_argument("--format", dest="fmt", choices=("auto", "lines", "csv"), default="auto",
-                        help="input format; auto (default): CSV if the first line is a header "
-                             "containing --column, else one URL per line without header")
-    parser.add_argument("--column", default="url", help="the CSV column holding the URL (default: url)")
-    parser.add_argument("--threshold", type=float,
-                        help="decision threshold on probability_phishing; default: 'threshold' from "
-                             "MODEL/metrics.json if present (training writes it), else 0.5")
-    parser.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
+    parser.add_argument("--format", dest="fmt", choices=("auto", *INPUT_FORMATS), default="auto",
+                        help="input format; auto (default) detects it as training data is read: JSON "
+                             "lines if the first line is a JSON object (or the name ends in .jsonl), CSV "
+                             "if it is a header with a URL column, else one URL per line; a file that "
+                             "could be read two ways is refused with a message naming --format")
+    parser.add_argument("--column",
+                        help="the CSV column or JSON key holding the URL (default: the first of "
+                             + ", ".join(URL_COLUMNS) + ", any case)")
+    parser.add_argument("--threshold", type=probability,
+                        help="decision threshold in [0, 1] on probability_phishing; default: 'threshold' "
+                             "from MODEL/metrics.json if present (training writes it), else 0.5")
+    parser.add_argument("--max-chars", type=positive_int, default=DEFAULT_MAX_CHARS,
                         help=f"reject URLs longer than this many characters (default: {DEFAULT_MAX_CHARS})")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="load in this precision (default: as saved; a plain fp32/bf16 folder "
                              "can be quantized on the fly, a quantized folder loads only as itself)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
-    parser.add_argument("--batch-size", type=int, default=256, help="URLs per forward pass (default: 256)")
-    parser.add_argument("--max-length", type=int, default=128,
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="URLs per forward pass (default: 256)")
+    parser.add_argument("--max-length", type=positive_int, default=128,
                         help="truncate to this many tokens, as in training (default: 128)")
-    parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS,
+    parser.add_argument("--chunk-rows", type=positive_int, default=CHUNK_ROWS,
                         help=f"rows read and scored at a time, bounding memory (default: {CHUNK_ROWS})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; the exit status is described in the ``--help`` epilog."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.urls) == bool(args.input):
         parser.error("give either URLs or --input FILE (not both)")
-    if args.input and not args.output:
-        parser.error("--input needs --output")
+    if args.input:
+        if not args.output:
+            parser.error("--input needs --output")
+        if not args.input.is_file():
+            parser.error(f"--input {args.input}: no such file")
+        rejects = args.rejects or args.output.with_suffix(".rejects.csv")
+        try:  # before loading the model: a usage error costs nothing and writes nothing
+            check_paths(args.input, args.output, rejects)
+            fmt = input_format(args.input, args.fmt, args.column)
+        except InputFormatError as err:
+            parser.error(str(err))
 
     from transformers.utils import logging as hf_logging
 
-    from models.quantized import load_classifier
+    from models.quantized import load_classifier, saved_precision
 
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars; ours is the one to watch
     try:
         model, tokenizer = load_classifier(args.model, args.precision, args.device)
+        saved = saved_precision(args.model)
     except ValueError as err:  # an unloadable format or a precision the device cannot run
         parser.error(str(err))
+    threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
+    if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision
+        scoring = args.precision
+        print(f"note: the saved threshold was chosen for the {saved} model, this is its {scoring} variant",
+              file=sys.stderr)
     if args.threshold is not None:
         threshold, source = args.threshold, "--threshold"
-    else:
-        threshold, source = default_threshold(args.model)
-    print(f"threshold {threshold:g} ({source})", file=sys.stderr)
+    print(f"threshold {threshold:g} ({source}), scoring in {scoring}", file=sys.stderr)
+    predict_kwargs = {"batch_size": args.batch_size, "max_length": args.max_length,
+                      "autocast_dtype": scoring_autocast(scoring)}
     if args.urls:
-        print_table(model, tokenizer, args.urls, threshold, args.max_chars,
-                    batch_size=args.batch_size, max_length=args.max_length)
-        return 0
+        return 1 if print_table(model, tokenizer, args.urls, threshold, args.max_chars, **predict_kwargs) else 0
 
-    rejects = args.rejects or args.output.with_suffix(".rejects.csv")
     try:
         counts = score_file(
             model, tokenizer, args.input, args.output, rejects, threshold=threshold,
-            column=args.column, fmt=args.fmt, max_chars=args.max_chars, chunk_rows=args.chunk_rows,
-            batch_size=args.batch_size, max_length=args.max_length,
+            column=args.column, fmt=fmt, max_chars=args.max_chars, chunk_rows=args.chunk_rows, **predict_kwargs,
         )
-    except InputFormatError as err:
+    except InputFormatError as err:  # e.g. the file changed since it was checked
         parser.error(str(err))
     print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "
           f"rejected {counts.rejected} -> {rejects}", file=sys.stderr)
+    if counts.failed:
+        print(f"error: the model gave no probability in [0, 1] for {counts.failed} rows (see {rejects})",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -130,18 +130,18 @@ def test_csv_column_and_threshold_from_metrics(teacher_dir, tmp_path, capsys):
 
 
 def test_a_csv_row_without_the_column_is_a_reject():
-    rows = read_rows([b"id,url\n", b"1,example.org\n", b"2\n"])
+    rows = read_rows([b"id,url\n", b"1,example.org\n", b"2\n"], "csv")
     assert [(r.line, r.url, r.reason) for r in rows] == [
         (2, "example.org", None), (3, None, "1 fields, no 'url' column")]
 
 
 def test_csv_without_the_column_is_a_usage_error(teacher_dir, tmp_path, capsys):
     source = tmp_path / "in.csv"
-    source.write_text("id,link\n1,example.org\n")
+    source.write_text("id,page\n1,example.org\n")
     with pytest.raises(SystemExit):
         main(["--model", str(teacher_dir), "--input", str(source), "--output", str(tmp_path / "o.csv"),
               "--format", "csv"])
-    assert "has no column 'url'" in capsys.readouterr().err
+    assert "has no URL column" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("which", ["teacher_dir", "nf4_dir"])
