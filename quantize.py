@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from kd.argtypes import positive_int
+from kd.argtypes import positive_int, token_length
 from kd.batching import tokenize
 from kd.checkpoint import write_json
 from kd.classifier import final_evaluation
@@ -172,7 +172,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/quantized", help="report and saved variants (default: runs/quantized)")
     parser.add_argument("--sets", nargs="+", default=["validation", "test"], metavar="SET",
                         help="sets to score (default: validation test; add e.g. a cross-data-set name)")
-    parser.add_argument("--max-length", type=positive_int, default=128, help="tokens per URL (default 128)")
+    parser.add_argument("--max-length", type=token_length, default=128, help="tokens per URL (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="scoring batch size (default 256)")
     parser.add_argument("--latency-repeats", type=positive_int, default=50, help="timed batch-1 calls per variant (default 50)")
     parser.add_argument("--throughput-urls", type=positive_int, default=1024, help="test URLs scored for throughput (default 1024)")

@@ -30,3 +30,11 @@ def probability(text: str) -> float:
     if not (math.isfinite(value) and 0 <= value <= 1):
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
     return value
+
+
+def token_length(text: str) -> int:
+    """A ``--max-length`` in tokens: an integer >= 8 (what :func:`kd.batching.tokenize` accepts)."""
+    value = positive_int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8 tokens, got {value}")
+    return value

@@ -21,7 +21,7 @@ from kd.checkpoint import write_json
 from kd.classifier import final_evaluation, format_table, prepare_data
 from kd.config import RunConfig, _build, load_config
 from kd.data import DataConfig
-from kd.argtypes import positive_int
+from kd.argtypes import positive_int, token_length
 from kd.inference import saved_scoring
 from kd.sources import SourceSpec
 
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a saved model folder (teacher, student or quantized)")
     add_data_arguments(parser)
-    parser.add_argument("--max-length", type=positive_int, default=128, help="tokens per URL (default 128)")
+    parser.add_argument("--max-length", type=token_length, default=128, help="tokens per URL (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="URLs per forward pass (default 256)")
     parser.add_argument("--out", help="output folder (default: <model>/../eval-<model name>)")
     args = parser.parse_args(argv)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from kd.argtypes import positive_int, probability
+from kd.argtypes import positive_int, probability, token_length
 from kd.inference import predict_proba, saved_scoring, scoring_autocast
 from kd.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
 from kd.urls import normalize_url
@@ -460,7 +460,7 @@ examples:
                              "can be quantized on the fly, a quantized folder loads only as itself)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="URLs per forward pass (default: 256)")
-    parser.add_argument("--max-length", type=positive_int, default=128,
+    parser.add_argument("--max-length", type=token_length, default=128,
                         help="truncate to this many tokens, as in training (default: 128)")
     parser.add_argument("--chunk-rows", type=positive_int, default=CHUNK_ROWS,
                         help=f"rows read and scored at a time, bounding memory (default: {CHUNK_ROWS})")

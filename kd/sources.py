@@ -410,7 +410,11 @@ def read_source(
         elif fmt == "parquet":
             import pandas as pd
 
-            rows = _read_records(enumerate(pd.read_parquet(path).to_dict("records"), start=1), spec, need_label, path)
+            try:
+                table = pd.read_parquet(path)
+            except Exception as err:  # pyarrow raises several types for a file that is not parquet
+                raise DataError(f"{path}: not a readable parquet file ({type(err).__name__}: {err})") from err
+            rows = _read_records(enumerate(table.to_dict("records"), start=1), spec, need_label, path)
         else:
             raise DataError(f"{path}: format {fmt!r} cannot be read from a file")
 
