@@ -115,12 +115,18 @@ class StudentRunConfig:
 
 
 def load_teacher(path: str, device):
+    """The frozen teacher of checkpoint folder ``path``, after checking the folder
+    (no custom code) and its tokenizer (:func:`kd.classifier.load_tokenizer`)."""
     from transformers import AutoModelForSequenceClassification
+
+    from models.paths import NO_REMOTE_CODE, ModelFolderError, check_model_folder
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
-    teacher = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa").to(device)
+        raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
+    check_model_folder(folder)
+    load_tokenizer(str(folder))
+    teacher = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa", **NO_REMOTE_CODE)
     return teacher.eval().requires_grad_(False)
 
 

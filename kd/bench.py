@@ -274,7 +274,7 @@ def trainer_section(folder: Path, examples: Examples, tokenizer, cfg: BenchConfi
     encoded = tokenizer(list(examples.urls), padding="max_length", truncation=True, max_length=cfg.max_length)
     rows = [{**{k: v[i] for k, v in encoded.items()}, "labels": examples.labels[i]} for i in range(len(examples))]
     real_per_example = float(np.mean([sum(mask) for mask in encoded["attention_mask"]]))
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, trust_remote_code=False)
     overrides = {"per_device_train_batch_size": cfg.batch_size, "max_steps": cfg.warmup + steps + 1, "report_to": "none"}
     with tempfile.TemporaryDirectory(prefix="kd-bench-trainer-") as out_dir:
         args = TrainingArguments(output_dir=out_dir, **overrides)
