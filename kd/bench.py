@@ -30,6 +30,7 @@ import copy
 import json
 import re
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +47,7 @@ from kd.classifier import build_classifier, cross_entropy_sum, load_tokenizer
 from kd.config import ModelConfig
 from kd.data import DataConfig, DataReport, Examples, load_examples
 from kd.distill import distillation_loss
+from kd.errors import UsageError, run_cli
 from kd.inference import predict_tokenized, synchronize
 from kd.loop import TrainConfig, autocast_dtype, train
 from kd.runinfo import device_description, git_commit, library_versions
@@ -515,7 +517,7 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path | None]:
                       max_length=args.max_length, precisions=tuple(args.precisions.split(",")), synthetic=args.synthetic,
                       data_dir=args.data_dir, profile=args.profile, **sizes)
     if min(cfg.steps, cfg.warmup, cfg.batch_size) < 1:
-        raise SystemExit("--steps, --warmup and --batch-size must be at least 1")
+        raise UsageError("--steps, --warmup and --batch-size must be at least 1")
     out = args.out if args.out or args.quick else default_out(cfg)
     return cfg, out
 
@@ -532,4 +534,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m kd.bench"))

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kd.errors import UsageError, run_cli
 from kd.inference import predict_proba
 from kd.urls import normalize_url
 
@@ -278,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give either URLs or --input FILE (not both)")
     if args.input and not args.output:
         parser.error("--input needs --output")
+    if args.input and not args.input.is_file():
+        raise UsageError(f"no such input file: {args.input}")
 
     from transformers.utils import logging as hf_logging
 
@@ -286,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars; ours is the one to watch
     try:
         model, tokenizer = load_classifier(args.model, args.precision, args.device)
-    except ValueError as err:  # an unloadable format or a precision the device cannot run
-        parser.error(str(err))
+    except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
+        raise UsageError(str(err)) from err
     if args.threshold is not None:
         threshold, source = args.threshold, "--threshold"
     else:
@@ -306,11 +309,11 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, max_length=args.max_length,
         )
     except InputFormatError as err:
-        parser.error(str(err))
+        raise UsageError(str(err)) from err
     print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "
           f"rejected {counts.rejected} -> {rejects}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="python -m kd.predict"))
