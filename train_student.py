@@ -52,7 +52,7 @@ from kd.paths import cache_root
 from kd.runinfo import claim_run_folder, resolved_config
 from kd.sources import SourceSpec
 from losses import build_objective, parse_spec
-from models.paths import resolve_model_path
+from models.paths import NO_REMOTE_CODE, ModelFolderError, resolve_model_path
 
 STUDENT_INITS = ("from_teacher", "narrow", "pretrained", "fresh")
 
@@ -118,16 +118,13 @@ class StudentRunConfig:
 
 
 def load_teacher(path: str, device):
-    """The frozen teacher of checkpoint folder ``path``, after checking the folder
-    (no custom code) and its tokenizer (:func:`kd.classifier.load_tokenizer`)."""
+    """The frozen teacher of checkpoint folder ``path``, once the folder (no custom
+    code) and its tokenizer have passed :func:`kd.classifier.load_tokenizer`'s checks."""
     from transformers import AutoModelForSequenceClassification
-
-    from models.paths import NO_REMOTE_CODE, ModelFolderError, check_model_folder
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
-    check_model_folder(folder)
     load_tokenizer(str(folder))
     teacher = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa", **NO_REMOTE_CODE)
     return teacher.eval().requires_grad_(False)
