@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -39,9 +40,11 @@ from kd.batching import tokenize
 from kd.checkpoint import write_json
 from kd.classifier import final_evaluation
 from kd.data import build_splits
+from kd.errors import UsageError, run_cli, usage_errors
 from kd.evaluate import add_data_arguments, data_config_for
 from kd.inference import saved_scoring
 from kd.runinfo import device_description, library_versions
+from models.paths import resolve_model_path
 from models.quantized import (
     QUANTIZED_PRECISIONS,
     load_classifier,
@@ -185,11 +188,15 @@ def main(argv=None) -> dict:
     started = time.time()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     student = Path(args.student)
-    splits = build_splits(data_config_for(student, args))
+    for folder in (student, *([Path(args.teacher)] if args.teacher else [])):
+        resolve_model_path(str(folder))  # no such folder, custom code: say so before the data is read
+    with usage_errors():
+        data_cfg = data_config_for(student, args)
+    splits = build_splits(data_cfg)
     print(splits.report.summary())
     missing = [s for s in ("validation", "test", *args.sets) if s not in splits.all_sets()]
     if missing:
-        raise SystemExit(f"no set named {missing}; this data spec has {sorted(splits.all_sets())}")
+        raise UsageError(f"no set named {missing}; this data spec has {sorted(splits.all_sets())}")
     set_names = list(dict.fromkeys(["validation", "test", *args.sets]))
 
     variants = [("teacher", Path(args.teacher), p) for p in TEACHER_PRECISIONS] if args.teacher else []
@@ -220,4 +227,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="quantize.py"))

@@ -46,10 +46,13 @@ from kd.config import ModelConfig, _build
 from kd.data import DataConfig, Examples, build_splits, load_examples
 from kd.distill import cached_teacher_logits, distillation_loss, model_fingerprint, teacher_scorer
 from kd.distributed import barrier, default_device, init_distributed
+from kd.errors import run_cli, usage_errors
 from kd.loop import TrainConfig, autocast_dtype, train
 from kd.paths import cache_root
+from kd.runinfo import claim_run_folder, resolved_config
 from kd.sources import SourceSpec
-from losses import build_objective
+from losses import build_objective, parse_spec
+from models.paths import NO_REMOTE_CODE, ModelFolderError, resolve_model_path
 
 STUDENT_INITS = ("from_teacher", "narrow", "pretrained", "fresh")
 
@@ -115,12 +118,15 @@ class StudentRunConfig:
 
 
 def load_teacher(path: str, device):
+    """The frozen teacher of checkpoint folder ``path``, once the folder (no custom
+    code) and its tokenizer have passed :func:`kd.classifier.load_tokenizer`'s checks."""
     from transformers import AutoModelForSequenceClassification
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
-    teacher = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa").to(device)
+        raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
+    load_tokenizer(str(folder))
+    teacher = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa", **NO_REMOTE_CODE)
     return teacher.eval().requires_grad_(False)
 
 
@@ -308,9 +314,22 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.teacher:
         args.set.append(f"teacher={args.teacher}")
-    cfg = config_from_args(args, StudentRunConfig)
-    return run(cfg, resume=args.resume)
+    with usage_errors():
+        cfg = config_from_args(args, StudentRunConfig)
+        parse_spec(cfg.distill.objective)  # a bad objective fails now, not after the data and the teacher load
+        current, data_cfg = recorded_config(cfg)
+    resolve_model_path(cfg.teacher)  # no such folder, custom code: before the run folder is claimed
+    with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed,
+                          current=current, data_cfg=data_cfg):
+        return run(cfg, resume=args.resume)
+
+
+def recorded_config(cfg: StudentRunConfig) -> tuple[dict, DataConfig]:
+    """``cfg`` as :func:`run` records it in ``config.yaml`` (the teacher's data spec
+    resolved), and that data spec: what ``--resume`` compares."""
+    data_cfg = teacher_data_config(cfg)
+    return {**resolved_config(cfg), "data": dataclasses.asdict(data_cfg)}, data_cfg
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="train_student.py"))

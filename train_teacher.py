@@ -12,6 +12,7 @@ and TensorBoard scalars under OUT/tb.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -29,8 +30,11 @@ from kd.classifier import (
 )
 from kd.config import RunConfig, load_config
 from kd.distributed import barrier, default_device, init_distributed
+from kd.errors import run_cli, usage_errors
 from kd.loop import autocast_dtype, train
+from kd.runinfo import claim_run_folder, resolved_config
 from kd.sources import SourceSpec
+from models.paths import resolve_model_path
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
@@ -41,7 +45,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_config: str) -
     parser.add_argument("--data-dir", help="folder that relative source paths resolve against (default: ../shared/data or ./data)")
     parser.add_argument("--source", action="append", metavar="PATH[:k=v,...]", help="training source(s), replacing the config's; e.g. iscx_url2016/Benign_list_big_final.csv:label=legitimate")
     parser.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last (optimizer, scheduler, RNG and data order restored)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last (optimizer, scheduler, RNG and data order restored); "
+                        "refused if the configuration or the data files differ from the run's")
+    parser.add_argument("--allow-changed", type=lambda text: [k.strip() for k in text.split(",") if k.strip()], default=[],
+                        metavar="KEY,...", help="with --resume: accept these changed config keys, e.g. train.epochs,train.max_steps "
+                        "(the optimizer and scheduler keep their saved state)")
 
 
 def config_from_args(args, cls=RunConfig):
@@ -66,8 +74,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, "teacher-minilm")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
-    return run(cfg, resume=args.resume)
+    with usage_errors():
+        cfg = config_from_args(args)
+    resolve_model_path(cfg.model.name_or_path)  # no such folder, custom code: before the run folder is claimed
+    with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed,
+                          current=resolved_config(cfg), data_cfg=cfg.data):
+        return run(cfg, resume=args.resume)
 
 
 def run(cfg: RunConfig, resume: bool = False, on_step=None) -> dict:
@@ -104,4 +116,4 @@ def run(cfg: RunConfig, resume: bool = False, on_step=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="train_teacher.py"))

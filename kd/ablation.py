@@ -35,11 +35,14 @@ import argparse
 import csv
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from kd.errors import UsageError, run_cli, usage_errors
 
 METRICS = ("f1", "roc_auc", "tpr_at_1pct_fpr", "accuracy")
 """Test-set metrics per cell (the columns to report)."""
@@ -183,6 +186,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 def main(argv=None) -> list[dict]:
     import train_student
     from kd.config import load_config
+    from kd.runinfo import claim_run_folder
+    from losses import parse_spec
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", help="grid YAML file (see above)")
@@ -192,28 +197,37 @@ def main(argv=None) -> list[dict]:
                         help="train only every N-th cell starting at I (parallel workers); no tables")
     args = parser.parse_args(argv)
 
-    spec = yaml.safe_load(Path(args.grid).read_text())
-    unknown = set(spec) - {"base", "set", "out_dir", "grid"}
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: base, set, out_dir, grid")
-    out = Path(args.out or spec.get("out_dir", "runs/ablation"))
-    cells = expand_grid(spec["grid"])
+    with usage_errors():  # every cell's configuration is checked before the first one trains
+        spec = yaml.safe_load(Path(args.grid).read_text())
+        if not isinstance(spec, dict) or "grid" not in spec:
+            raise UsageError(f"{args.grid} has no 'grid' section (see python -m kd.ablation --help)")
+        unknown = set(spec) - {"base", "set", "out_dir", "grid"}
+        if unknown:
+            raise UsageError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: base, set, out_dir, grid")
+        out = Path(args.out or spec.get("out_dir", "runs/ablation"))
+        cells = expand_grid(spec["grid"])
+        configs = [load_config(train_student.StudentRunConfig, spec.get("base"),
+                               [*spec.get("set", []), *args.set, *cell.overrides, f"out_dir={out / 'cells' / cell.name}"])
+                   for cell in cells]
+        for cfg in configs:
+            parse_spec(cfg.distill.objective)
     print(f"ablation: {len(cells)} cells -> {out}")
     rows = []
     from torch.utils.tensorboard import SummaryWriter
 
     writer = None if args.shard else SummaryWriter(str(out / "tb"))
-    for number, cell in enumerate(cells, 1):
+    for number, (cell, cfg) in enumerate(zip(cells, configs), 1):
         if args.shard and (number - 1) % args.shard[1] != args.shard[0]:
             continue
-        run_dir = out / "cells" / cell.name
-        cfg = load_config(train_student.StudentRunConfig, spec.get("base"), [*spec.get("set", []), *args.set, *cell.overrides, f"out_dir={run_dir}"])
+        run_dir = Path(cfg.out_dir)
         if (run_dir / "results.json").is_file():
             print(f"[{number}/{len(cells)}] {cell.name}: done earlier, not re-run")
         else:
             resume = (run_dir / "last" / "trainer_state").is_dir()
             print(f"[{number}/{len(cells)}] {cell.name}" + (" (resuming)" if resume else ""))
-            train_student.run(cfg, resume=resume)
+            current, data_cfg = train_student.recorded_config(cfg)
+            with claim_run_folder(run_dir, resume=resume, allowed=(), current=current, data_cfg=data_cfg):
+                train_student.run(cfg, resume=resume)
         if args.shard:
             continue
         latency_file = run_dir / "cpu_latency.json"
@@ -244,4 +258,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m kd.ablation"))

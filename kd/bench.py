@@ -30,6 +30,7 @@ import copy
 import json
 import re
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +47,7 @@ from kd.classifier import build_classifier, cross_entropy_sum, load_tokenizer
 from kd.config import ModelConfig
 from kd.data import DataConfig, DataReport, Examples, load_examples
 from kd.distill import distillation_loss
+from kd.errors import UsageError, run_cli
 from kd.inference import predict_tokenized, synchronize
 from kd.loop import TrainConfig, autocast_dtype, train
 from kd.runinfo import device_description, git_commit, library_versions
@@ -274,7 +276,7 @@ def trainer_section(folder: Path, examples: Examples, tokenizer, cfg: BenchConfi
     encoded = tokenizer(list(examples.urls), padding="max_length", truncation=True, max_length=cfg.max_length)
     rows = [{**{k: v[i] for k, v in encoded.items()}, "labels": examples.labels[i]} for i in range(len(examples))]
     real_per_example = float(np.mean([sum(mask) for mask in encoded["attention_mask"]]))
-    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, trust_remote_code=False)
     overrides = {"per_device_train_batch_size": cfg.batch_size, "max_steps": cfg.warmup + steps + 1, "report_to": "none"}
     with tempfile.TemporaryDirectory(prefix="kd-bench-trainer-") as out_dir:
         args = TrainingArguments(output_dir=out_dir, **overrides)
@@ -515,7 +517,7 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path | None]:
                       max_length=args.max_length, precisions=tuple(args.precisions.split(",")), synthetic=args.synthetic,
                       data_dir=args.data_dir, profile=args.profile, **sizes)
     if min(cfg.steps, cfg.warmup, cfg.batch_size) < 1:
-        raise SystemExit("--steps, --warmup and --batch-size must be at least 1")
+        raise UsageError("--steps, --warmup and --batch-size must be at least 1")
     out = args.out if args.out or args.quick else default_out(cfg)
     return cfg, out
 
@@ -532,4 +534,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m kd.bench"))

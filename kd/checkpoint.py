@@ -6,6 +6,7 @@ Layout of a run folder::
                                    run_info.json, metrics.json
     OUT/best -> checkpoints/step-000120     (symbolic links, swapped atomically)
     OUT/last -> checkpoints/step-000200     (+ trainer_state/ for --resume)
+    OUT/.lock                               held by the run writing the folder (run_folder_lock)
 
 A checkpoint is written under a temporary name and renamed into place, and the
 ``best`` / ``last`` links are replaced with ``os.replace``: a crash at any
@@ -14,14 +15,18 @@ one. Nothing here is pickled: tensors go to safetensors, the rest to JSON.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
+
+from kd.errors import UsageError
 
 STATE_DIR = "trainer_state"
 
@@ -133,3 +138,39 @@ def load_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimi
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     return state
+
+
+# --- one writer per run folder ------------------------------------------------------------
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_folder_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``OUT/.lock`` while the block runs.
+
+    A second run into the same folder fails at once with a :class:`UsageError`
+    naming the folder, before it reads or writes anything else, instead of
+    dying after its training with the first run's work overwritten. The lock
+    goes with the open file: it is released when the block ends and when the
+    process dies, even by ``kill -9``, so no stale lock is ever left. Under
+    ``torchrun`` only rank 0 takes it (the ranks share one folder).
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(f"run folder {out_dir} is in use by {holder} (lock {out_dir / LOCK_FILE}): "
+                             "wait for that run to end, or write to another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        yield

@@ -20,15 +20,21 @@ from kd.inference import predict_tokenized, probabilities, scoring_autocast, sco
 from kd.metrics import binary_metrics, choose_threshold, save_roc_png
 from kd.runinfo import device_description, git_commit, library_versions
 from kd.sources import LABEL_NAMES
-from models.paths import resolve_model_path
+from models.paths import NO_REMOTE_CODE, check_tokenizer, resolve_model_path
 
 
 def load_tokenizer(name_or_path: str):
-    """The model's tokenizer. ``AutoTokenizer`` on the folder: in transformers 5
-    ``BertTokenizer(vocab_file=...)`` silently ignores the vocabulary."""
-    from transformers import AutoTokenizer
+    """The model's tokenizer, checked against the model's config (:func:`check_tokenizer`).
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    ``AutoTokenizer`` on the folder: in transformers 5 ``BertTokenizer(vocab_file=...)``
+    silently ignores the vocabulary.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
+    check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, **NO_REMOTE_CODE), name_or_path)
+    return tokenizer
 
 
 def build_classifier(cfg: ModelConfig, num_labels: int = 2) -> torch.nn.Module:
@@ -36,7 +42,7 @@ def build_classifier(cfg: ModelConfig, num_labels: int = 2) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(cfg.name_or_path)
-    config = AutoConfig.from_pretrained(path, num_labels=num_labels)
+    config = AutoConfig.from_pretrained(path, num_labels=num_labels, **NO_REMOTE_CODE)
     config.id2label = dict(enumerate(LABEL_NAMES))
     config.label2id = {name: i for i, name in enumerate(LABEL_NAMES)}
     if cfg.dropout is not None:
@@ -44,8 +50,9 @@ def build_classifier(cfg: ModelConfig, num_labels: int = 2) -> torch.nn.Module:
             if hasattr(config, key):
                 setattr(config, key, cfg.dropout)
     if cfg.pretrained:
-        return AutoModelForSequenceClassification.from_pretrained(path, config=config, attn_implementation="sdpa")
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config, attn_implementation="sdpa",
+                                                                  **NO_REMOTE_CODE)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa", **NO_REMOTE_CODE)
 
 
 def prepare_data(data_cfg, tokenizer, max_length: int, log=print) -> tuple[DataSplits, dict[str, TokenizedSet]]:

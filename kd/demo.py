@@ -10,14 +10,16 @@ same split, and prints both side by side.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from kd.baseline import tfidf_baseline
-from kd.checkpoint import write_json
+from kd.checkpoint import run_folder_lock, write_json
 from kd.classifier import format_table
 from kd.config import RunConfig, load_config
 from kd.data import build_splits
+from kd.errors import run_cli, usage_errors
 from kd.paths import HUB_DATASET, default_data_dir
 from kd.runinfo import device_description
 
@@ -32,12 +34,14 @@ def main(argv=None) -> None:
     import train_teacher
 
     started = time.time()
-    cfg = load_config(RunConfig, args.config, [*args.set, f"out_dir={args.out}"])
+    with usage_errors():
+        cfg = load_config(RunConfig, args.config, [*args.set, f"out_dir={args.out}"])
     if cfg.data.data_dir is None and default_data_dir() is None:
         # No local copy: the same Hannousse rows from the Hugging Face hub (needs internet).
         print(f"no ../shared/data or ./data: using the hub copy {HUB_DATASET}")
         cfg.data.sources, cfg.data.test_sets = [f"hf:{HUB_DATASET}"], {}
-    teacher = train_teacher.run(cfg)
+    with run_folder_lock(Path(cfg.out_dir)):
+        teacher = train_teacher.run(cfg)
     baseline = tfidf_baseline(build_splits(cfg.data))
     minutes = (time.time() - started) / 60
     summary = {"teacher": teacher, "baseline_tfidf_logreg": baseline, "minutes": minutes, "device": device_description()}
@@ -50,4 +54,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m kd.demo"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from kd.checkpoint import write_json
@@ -22,6 +23,7 @@ from kd.classifier import final_evaluation, format_table, prepare_data
 from kd.config import RunConfig, _build, load_config
 from kd.data import DataConfig
 from kd.argtypes import positive_int, token_length
+from kd.errors import UsageError, run_cli, usage_errors
 from kd.inference import saved_scoring
 from kd.sources import SourceSpec
 
@@ -42,7 +44,7 @@ def data_config_for(model_dir: Path, args) -> DataConfig:
     else:
         info_path = model_dir / "run_info.json"
         if not info_path.is_file():
-            raise SystemExit(f"{model_dir} has no run_info.json: name the data with --config / --set / --source")
+            raise UsageError(f"{model_dir} has no run_info.json: name the data with --config / --set / --source")
         cfg = _build(DataConfig, json.loads(info_path.read_text())["config"]["data"], "data")
     if args.data_dir:
         cfg.data_dir = args.data_dir
@@ -51,7 +53,7 @@ def data_config_for(model_dir: Path, args) -> DataConfig:
     for item in args.test_source or []:
         name, eq, spec = item.partition("=")
         if not eq:
-            raise SystemExit(f"--test-source takes NAME=PATH[:k=v,...], got {item!r}")
+            raise UsageError(f"--test-source takes NAME=PATH[:k=v,...], got {item!r}")
         cfg.test_sets.setdefault(name, []).append(SourceSpec.parse(spec).__dict__)
     return cfg
 
@@ -68,9 +70,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     model_dir = Path(args.model)
+    with usage_errors():
+        data_cfg = data_config_for(model_dir, args)
     model, tokenizer = load_classifier(model_dir)
     _, scoring, _ = saved_scoring(model_dir, default_precision=saved_precision(model_dir))
-    data_cfg = data_config_for(model_dir, args)
     _, tokenized = prepare_data(data_cfg, tokenizer, args.max_length)
     out = Path(args.out) if args.out else model_dir.resolve().parent.parent / f"eval-{model_dir.name}"
     out.mkdir(parents=True, exist_ok=True)
@@ -83,4 +86,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m kd.evaluate"))

@@ -42,6 +42,7 @@ from kd.checkpoint import (
     write_json,
 )
 from kd.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters
+from kd.metrics import SELECTION_METRICS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -88,6 +89,22 @@ class TrainConfig:
             )
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.metric not in SELECTION_METRICS:
+            raise ValueError(f"train.metric must be one of {', '.join(SELECTION_METRICS)}, not {self.metric!r}")
+        checks = {
+            "lr": (math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+            "weight_decay": (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "a finite number >= 0"),
+            "warmup_ratio": (0 <= self.warmup_ratio < 1, "in [0, 1)"),
+            "max_grad_norm": (self.max_grad_norm > 0, "> 0 (inf: no clipping)"),
+            "max_steps": (self.max_steps >= 0, ">= 0 (0: run all epochs)"),
+            "eval_every": (self.eval_every >= 0, ">= 0 (0: at each epoch end)"),
+            "patience": (self.patience >= 0, ">= 0 (0: never stop early)"),
+            "log_every": (self.log_every >= 1, ">= 1"),
+            "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
+        }
+        for key, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(f"train.{key} must be {expected}, got {getattr(self, key)}")
 
     @property
     def micro_batch_size(self) -> int:

@@ -9,6 +9,10 @@ import numpy as np
 
 FPR_POINTS = (0.01, 0.001)
 
+SELECTION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+"""The keys of :func:`binary_metrics` where higher is better: the validation
+metrics that can pick the best checkpoint (``train.metric``)."""
+
 
 def tpr_at_fpr(labels: np.ndarray, probs: np.ndarray, max_fpr: float) -> float:
     """Highest true-positive rate over thresholds whose false-positive rate is <= ``max_fpr``."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kd.argtypes import positive_int, probability, token_length
+from kd.errors import UsageError, run_cli
 from kd.inference import predict_proba, saved_scoring, scoring_autocast
 from kd.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
 from kd.urls import normalize_url
@@ -477,13 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.output:
             parser.error("--input needs --output")
         if not args.input.is_file():
-            parser.error(f"--input {args.input}: no such file")
+            raise UsageError(f"no such input file: {args.input}")
         rejects = args.rejects or args.output.with_suffix(".rejects.csv")
         try:  # before loading the model: a usage error costs nothing and writes nothing
             check_paths(args.input, args.output, rejects)
             fmt = input_format(args.input, args.fmt, args.column)
         except InputFormatError as err:
-            parser.error(str(err))
+            raise UsageError(str(err)) from err
 
     from transformers.utils import logging as hf_logging
 
@@ -493,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer = load_classifier(args.model, args.precision, args.device)
         saved = saved_precision(args.model)
-    except ValueError as err:  # an unloadable format or a precision the device cannot run
-        parser.error(str(err))
+    except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
+        raise UsageError(str(err)) from err
     threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
     if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision
         scoring = args.precision
@@ -514,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             column=args.column, fmt=fmt, max_chars=args.max_chars, chunk_rows=args.chunk_rows, **predict_kwargs,
         )
     except InputFormatError as err:  # e.g. the file changed since it was checked
-        parser.error(str(err))
+        raise UsageError(str(err)) from err
     print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "
           f"rejected {counts.rejected} -> {rejects}", file=sys.stderr)
     if counts.failed:
@@ -525,4 +526,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, prog="python -m kd.predict"))

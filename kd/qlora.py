@@ -27,7 +27,9 @@ validation and the final metrics are those of the encoder recipes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,9 @@ from kd.config import ModelConfig, _build
 from kd.data import DataConfig, DataSplits, _sample, build_splits
 from kd.distill import RowTable, cached_teacher_logits, teacher_scorer
 from kd.distributed import DistInfo, default_device
+from kd.errors import run_cli, usage_errors
 from kd.loop import TrainConfig, autocast_dtype, train
+from kd.runinfo import claim_run_folder
 from losses import TERMS, DistillationObjective, ModelOutputs, build_objective
 from models.generative import (
     DEFAULT_TEMPLATE,
@@ -247,10 +251,15 @@ def qlora_loss(
 # --------------------------------------------------------------------------- the run
 
 
+def run_data_config(cfg: QLoRARunConfig) -> DataConfig:
+    """The teacher's data spec (``train_student.teacher_data_config``), or ``data`` without a teacher."""
+    return teacher_data_config(cfg) if cfg.teacher else _build(DataConfig, dict(cfg.data), "data")
+
+
 def run_splits(cfg: QLoRARunConfig) -> DataSplits:
-    """The teacher's split (``train_student.teacher_data_config``), sampled down
-    to ``max_train_examples`` / ``max_eval_examples`` (stratified, seeded)."""
-    data_cfg = teacher_data_config(cfg) if cfg.teacher else _build(DataConfig, dict(cfg.data), "data")
+    """The split of :func:`run_data_config`, sampled down to ``max_train_examples`` /
+    ``max_eval_examples`` (stratified, seeded)."""
+    data_cfg = run_data_config(cfg)
     splits = build_splits(data_cfg)
     seed, evals = data_cfg.seed, cfg.max_eval_examples
     sampled = DataSplits(
@@ -375,8 +384,14 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.teacher:
         args.set.append(f"teacher={args.teacher}")
-    return run(config_from_args(args, QLoRARunConfig), resume=args.resume)
+    with usage_errors():
+        cfg = config_from_args(args, QLoRARunConfig)
+        build_objectives(cfg.distill, bool(cfg.teacher))  # a bad objective fails before anything loads
+        data_cfg = run_data_config(cfg)
+    with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed,
+                          current=dataclasses.asdict(cfg), data_cfg=data_cfg):
+        return run(cfg, resume=args.resume)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m kd.qlora"))

@@ -1,10 +1,20 @@
-"""What makes a run reproducible and self-describing: versions, git commit, seed."""
+"""What makes a run reproducible and self-describing: versions, git commit, seed;
+and the check that ``--resume`` continues the run that was started."""
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import platform
 import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+
+import yaml
+
+from kd.errors import UsageError
 
 PACKAGES = ("torch", "transformers", "datasets", "bitsandbytes", "peft", "scikit-learn", "tldextract", "numpy")
 
@@ -34,3 +44,109 @@ def device_description() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# --- --resume continues the same run ---------------------------------------------------------
+
+IGNORED_ON_RESUME = ("out_dir",)
+"""Config keys that may differ on resume: the folder may have been moved."""
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"train": {"lr": 1e-3}}`` -> ``{"train.lr": 1e-3}`` (lists stay values)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def source_hashes(data_cfg) -> dict[str, str]:
+    """SHA-256 of each local source file of ``data_cfg`` (a :class:`kd.data.DataConfig`),
+    keyed by its path as written in the config, as the run's data report records them."""
+    from kd.data import _resolve, file_sha256
+
+    data_cfg = copy.deepcopy(data_cfg)
+    data_cfg.resolve_data_dir()
+    data_dir = Path(data_cfg.data_dir) if data_cfg.data_dir else None
+    specs = [*data_cfg.source_specs(), *(s for group in data_cfg.test_set_specs().values() for s in group)]
+    hashes = {}
+    for spec in specs:
+        path = _resolve(spec, data_dir)
+        if path is not None and path.is_file():
+            hashes[spec.path] = file_sha256(path)
+    return hashes
+
+
+def resume_changes(out_dir: Path, current: dict, data_cfg) -> dict[str, tuple]:
+    """``{key: (old, new)}``: how ``current`` (the config as ``OUT/config.yaml`` would
+    record it) and the data files of ``data_cfg`` differ from the run in ``out_dir``.
+    A changed source file shows as ``data.source_hashes[PATH]``."""
+    out_dir = Path(out_dir)
+    state = out_dir / "last" / "trainer_state" / "state.json"
+    saved_file, report_file = out_dir / "config.yaml", out_dir / "data_report.json"
+    if not (state.is_file() and saved_file.is_file() and report_file.is_file()):
+        raise UsageError(f"--resume: {out_dir} holds no resumable run (config.yaml, data_report.json and "
+                         "last/trainer_state/ are written by a run's first checkpoint); run without --resume")
+    saved, now = flatten(yaml.safe_load(saved_file.read_text()) or {}), flatten(current)
+    changes = {key: (saved.get(key), now.get(key)) for key in sorted(saved.keys() | now.keys())
+               if saved.get(key) != now.get(key) and key not in IGNORED_ON_RESUME}
+    saved_hashes = json.loads(report_file.read_text()).get("source_hashes", {})
+    for path, new in source_hashes(data_cfg).items():
+        old = saved_hashes.get(path)
+        if old is not None and old != new:
+            changes[f"data.source_hashes[{path}]"] = (f"sha256 {old[:12]}", f"sha256 {new[:12]}")
+    return changes
+
+
+def check_resume(out_dir: Path, current: dict, data_cfg, allowed: Sequence[str] = ()) -> dict[str, tuple]:
+    """Refuse to resume ``out_dir`` with another configuration or other data
+    (:func:`resume_changes`), except for the keys in ``allowed`` (a key also
+    allows the keys under it: ``train`` allows ``train.epochs``). A resumed run
+    restores the optimizer, scheduler and data order, so a new value would be
+    ignored or mix new data into what was trained on, while ``run_info.json``
+    claimed it. Returns the allowed changes; raises :class:`UsageError` that
+    lists each refused one as ``key: old -> new``.
+    """
+    known = flatten(current).keys() | {"data.source_hashes"}
+    unknown = [a for a in allowed if not any(k == a or k.startswith(a + ".") or k.startswith(a + "[") for k in known)]
+    if unknown:
+        raise UsageError(f"--allow-changed names unknown config key(s) {unknown}; e.g. train.epochs,train.max_steps")
+
+    def is_allowed(key: str) -> bool:
+        return any(key == a or key.startswith(a + ".") or key.startswith(a + "[") for a in allowed)
+
+    changes = resume_changes(out_dir, current, data_cfg)
+    refused = {k: v for k, v in changes.items() if not is_allowed(k)}
+    if refused:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
+        keys = ",".join(k.split("[")[0] for k in refused)
+        raise UsageError(f"--resume: {out_dir} was started with another configuration ({listed}); resume with the "
+                         f"same settings, start a new --out, or accept the change with --allow-changed {keys}")
+    return {k: v for k, v in changes.items() if is_allowed(k)}
+
+
+def resolved_config(cfg) -> dict:
+    """``cfg`` as a dict with its data folder resolved, as a run records it in ``config.yaml``."""
+    cfg = copy.deepcopy(cfg)
+    if dataclasses.is_dataclass(cfg.data):
+        cfg.data.resolve_data_dir()
+    return dataclasses.asdict(cfg)
+
+
+@contextmanager
+def claim_run_folder(out_dir: Path, *, resume: bool, allowed: Sequence[str], current: dict, data_cfg) -> Iterator[None]:
+    """Run the block as the only writer of ``out_dir`` (:func:`kd.checkpoint.run_folder_lock`),
+    and with ``resume`` only if the run continues as it started (:func:`check_resume`)."""
+    from kd.checkpoint import run_folder_lock
+
+    if allowed and not resume:
+        raise UsageError("--allow-changed goes with --resume")
+    with run_folder_lock(out_dir):
+        if resume:
+            for key, (old, new) in check_resume(out_dir, current, data_cfg, allowed).items():
+                print(f"resuming {out_dir} with {key} changed: {old!r} -> {new!r} (--allow-changed)")
+        yield

@@ -70,7 +70,7 @@ TERMS: dict[str, TermType] = {
 
 # Ranges checked when parsing, so that a bad config fails before any model loads.
 _VALID_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "T": (lambda v: v > 0, "> 0"),
+    "T": (lambda v: math.isfinite(v) and v > 0, "> 0 and finite"),
     "beta": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "skew": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "chunk_size": (lambda v: v >= 1, ">= 1"),

@@ -42,7 +42,7 @@ from kd.data import Examples
 from kd.inference import predict_tokenized, resolve_device
 from kd.paths import cache_root
 from kd.urls import normalize_url
-from models.paths import packaged_smollm_gguf
+from models.paths import NO_REMOTE_CODE, check_tokenizer, packaged_smollm_gguf, resolve_model_path
 
 Quantize = Literal["nf4", "none"]
 
@@ -85,9 +85,9 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     if target.is_dir():
         return target
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, **NO_REMOTE_CODE)
     loaded = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, **NO_REMOTE_CODE
     )
     config = copy.deepcopy(loaded.config)
     del config.quantization_config
@@ -113,19 +113,25 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
 
 def resolve_causal_lm(name_or_path: str = SMOLLM_ALIAS, cache_dir: str | Path | None = None) -> str:
     """``packaged:smollm2`` or a ``.gguf`` file → its materialized folder
-    (``materialize_gguf``); anything else is a hub name or folder, returned as is."""
+    (``materialize_gguf``); anything else is a hub name or folder, checked by
+    :func:`models.paths.resolve_model_path` (no such folder, custom code)."""
     if name_or_path == SMOLLM_ALIAS:
         return str(materialize_gguf(packaged_smollm_gguf(), cache_dir))
     if str(name_or_path).endswith(".gguf"):
         return str(materialize_gguf(name_or_path, cache_dir))
-    return str(name_or_path)
+    return resolve_model_path(str(name_or_path))
 
 
-def load_tokenizer(name_or_path: str | Path):
-    """The tokenizer, right-padded, with the EOS token as pad where it has none."""
-    from transformers import AutoTokenizer
+def load_tokenizer(name_or_path: str | Path, config=None):
+    """The tokenizer, right-padded, with the EOS token as pad where it has none;
+    checked (:func:`models.paths.check_tokenizer`) against the model's ``config``,
+    by default the folder's own (an adapter folder has none: pass the base's)."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_causal_lm(str(name_or_path)))
+    path = resolve_causal_lm(str(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
+    config = config if config is not None else AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
+    check_tokenizer(tokenizer, config, name_or_path, causal=True)
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -151,6 +157,7 @@ def load_causal_lm(
 
     device = resolve_device(device)
     path = resolve_causal_lm(name_or_path)
+    tokenizer = load_tokenizer(path)  # first: a folder with a wrong tokenizer fails before the weights load
     if quantize == "nf4":
         compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(
@@ -163,14 +170,15 @@ def load_causal_lm(
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=compute,
             ),
+            **NO_REMOTE_CODE,
         )
         _keep_trainable_4bit_layout(model)
     elif quantize == "none":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **NO_REMOTE_CODE).to(device)
     else:
         raise ValueError(f"quantize must be 'nf4' or 'none', not {quantize!r}")
     model.eval()
-    return model, load_tokenizer(path)
+    return model, tokenizer
 
 
 def _keep_trainable_4bit_layout(model) -> None:
@@ -571,7 +579,7 @@ def load_adapters(
         model = _prepare_for_training(model, quantize, gradient_checkpointing=False)
     model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     model.train(trainable)
-    return model, load_tokenizer(adapter_dir), prompt_format_of(meta)
+    return model, load_tokenizer(adapter_dir, model.config), prompt_format_of(meta)
 
 
 def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:

@@ -8,10 +8,13 @@ OUT_DIR is a plain Hugging Face folder (safetensors, tokenizer, and
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from models.generative import merge_adapters
+from kd.errors import UsageError, run_cli
+from models.generative import META_FILE, merge_adapters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,9 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="where to write the merged model")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
     args = parser.parse_args(argv)
+    if not (Path(args.adapter_dir) / META_FILE).is_file():
+        raise UsageError(f"{args.adapter_dir} holds no {META_FILE}: name a folder written by save_adapters "
+                         "(a QLoRA run's best/ or last/)")
     out = merge_adapters(args.adapter_dir, args.out_dir, dtype=DTYPES[args.dtype])
     print(f"merged model written to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main, prog="python -m models.merge_adapters"))

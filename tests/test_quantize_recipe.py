@@ -69,6 +69,7 @@ def test_saved_variant_reloads_and_predict_uses_its_threshold(report):
 
 def test_unknown_set_is_a_clear_error(tiny_teacher_run, student_dir):
     import quantize
+    from kd.errors import UsageError
 
-    with pytest.raises(SystemExit, match="no set named"):
+    with pytest.raises(UsageError, match="no set named"):
         quantize.main(["--student", str(student_dir), "--sets", "nope", "--out", str(tiny_teacher_run / "q2")])

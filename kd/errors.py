@@ -1,0 +1,71 @@
+"""The error convention of every command-line tool.
+
+A mistake of the user (a bad option or config value, a missing or unusable
+input file or model folder, a busy or mismatched run folder) prints **one
+line** to stderr and exits with status 2, as argparse does for its own
+errors; ``--debug`` anywhere on the command line shows the traceback
+instead. Anything else is a bug and keeps its traceback (status 1).
+
+What counts as the user's mistake, exactly:
+
+- :class:`UsageError`, raised where the project checks its input;
+- :class:`kd.sources.DataError`: a data source that cannot be read or used;
+- :class:`models.paths.ModelFolderError`: no such model folder, custom code,
+  a tokenizer that does not fit its model;
+- any ``ValueError`` / ``FileNotFoundError`` raised while the configuration
+  is built from the command line (inside :func:`usage_errors`), never later,
+  where the same types may come from a bug.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from kd.sources import DataError
+from models.paths import ModelFolderError
+
+USAGE_STATUS = 2
+DEBUG_FLAG = "--debug"
+
+
+class UsageError(ValueError):
+    """The user's mistake, with a message that says what was wrong and what to do."""
+
+
+USER_ERRORS = (UsageError, DataError, ModelFolderError)
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn ``ValueError`` / ``FileNotFoundError`` raised inside into :class:`UsageError`:
+    wrap the code that builds a configuration from what the user typed."""
+    try:
+        yield
+    except USER_ERRORS:
+        raise
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from err
+
+
+def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Call ``main(argv)`` (``argv`` without ``--debug``) and return the exit status.
+
+    A user error (:data:`USER_ERRORS`) prints ``PROG: error: MESSAGE`` on one
+    line and returns 2, unless ``--debug`` was given: then it propagates with
+    its traceback. ``main`` returning an int returns it; anything else is 0.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        result = main(argv)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {message} (rerun with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+        return USAGE_STATUS
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
