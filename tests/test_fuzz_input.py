@@ -16,6 +16,7 @@ from conftest import save_tiny_classifier
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from kd.errors import USAGE_STATUS, run_cli
 from kd.predict import input_format, main
 from kd.sources import DataError, SourceSpec, read_source, url_problem
 
@@ -76,9 +77,11 @@ def test_predict_accounts_for_every_line(model_dir, file, opts, capsys):
     argv = ["--model", str(model_dir), "--input", str(source), "--output", str(output)]
     argv += [x for kv in opts.items() for x in kv]
     try:
-        status = main(argv)
-    except SystemExit as exit_:
-        assert exit_.code == 2 and "error:" in capsys.readouterr().err
+        status = run_cli(main, argv)
+    except SystemExit as exit_:  # argparse's own errors
+        status = exit_.code
+    if status == USAGE_STATUS:
+        assert "error:" in capsys.readouterr().err
         event("usage error")
         assert not output.exists() and source.read_bytes() == content
         return

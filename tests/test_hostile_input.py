@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import save_tiny_classifier
 
+from kd.errors import USAGE_STATUS, run_cli
 from kd.inference import predict_tokenized
 from kd.predict import main
 from kd.sources import DataError, SourceSpec, read_source
@@ -22,7 +23,12 @@ def rows_of(path):
 
 
 def predict(model_dir, *args):
-    return main(["--model", str(model_dir), *map(str, args)])
+    """kd.predict's exit status as a process sees it: a usage error (``run_cli``'s
+    status 2) exits through ``SystemExit(2)``, as argparse's own errors do."""
+    status = run_cli(main, ["--model", str(model_dir), *map(str, args)])
+    if status == USAGE_STATUS:
+        raise SystemExit(status)
+    return status
 
 
 # issue 12 item 1: kd.predict never truncates its own input or loses rejects
