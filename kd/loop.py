@@ -110,7 +110,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
-    """LR multiplier: 0 -> 1 linearly over ``warmup_steps``, then 1 -> 0 at ``total_steps``."""
+    """LR multiplier of optimizer step ``s`` (0-based; the scheduler steps once per optimizer step):
+
+        (s + 1) / (warmup_steps + 1)                                  for s < warmup_steps
+        max(0, (total_steps - s) / max(1, total_steps - warmup_steps))  otherwise
+
+    a linear warm-up that never starts at 0 (the first step trains), 1 at
+    ``warmup_steps``, then a linear decay that reaches 0 at ``total_steps``.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
