@@ -79,15 +79,14 @@ def length_bucketed_batches(
     seed: int,
     epoch: int,
     bucket_factor: int = 50,
-    rank: int = 0,
-    world_size: int = 1,
+    min_size: int = 1,
 ) -> list[np.ndarray]:
     """One epoch's batches of example indices, deterministic in (seed, epoch).
 
     Shuffle all examples, cut them into mega-batches of ``bucket_factor *
     batch_size``, sort each by length and cut it into batches, then shuffle the
-    batch order. Under DDP each rank takes every ``world_size``-th batch, and
-    the list is cut to a multiple of ``world_size`` so all ranks step together.
+    batch order. The last, partial batch is dropped if it holds fewer than
+    ``min_size`` examples (the training loop needs one per micro-batch).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -100,8 +99,18 @@ def length_bucketed_batches(
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     batches = [batches[i] for i in rng.permutation(len(batches))]
-    usable = len(batches) - len(batches) % world_size
-    return batches[rank:usable:world_size]
+    return [b for b in batches if len(b) >= min_size]
+
+
+def split_batch(batch: np.ndarray, world_size: int, grad_accum: int) -> list[np.ndarray]:
+    """One optimizer step's global ``batch`` as ``world_size * grad_accum``
+    micro-batches of consecutive examples (sizes differ by at most 1); rank
+    ``r`` runs parts ``r * grad_accum`` to ``(r + 1) * grad_accum - 1``.
+
+    Every rank cuts the same batch list, so the examples of a step do not
+    depend on the number of ranks or micro-batches.
+    """
+    return np.array_split(batch, world_size * grad_accum)
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -46,24 +46,31 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, raw: dict, where: str):
-    """Instantiate dataclass ``cls`` from ``raw``, recursing into dataclass fields."""
+def _build(cls, raw: dict, where: str, base=None):
+    """Instantiate dataclass ``cls`` from ``raw``, recursing into dataclass fields.
+
+    Keys missing from ``raw`` keep the value of ``base`` (default: ``cls()``),
+    so a nested section starts from its parent's default instance: a recipe's
+    ``train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))``
+    keeps lr 1e-4 when a preset sets only ``train.epochs``.
+    """
     if not isinstance(raw, dict):
         raise ValueError(f"{where} must be a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(raw) - set(known)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown key(s) {sorted(unknown)} in {where}; known: {sorted(known)}")
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in raw.items():
         key = f"{where}.{name}" if where else name
-        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
+        default = getattr(base, name)
         if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, key)
+            kwargs[name] = _build(type(default), value, key, base=default)
         else:
             kwargs[name] = _coerce(value, hints[name], key)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _coerce(value, hint, key: str):

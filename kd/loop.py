@@ -2,7 +2,10 @@
 
 One optimizer step, top to bottom (:func:`train`):
 
-1. take ``grad_accum`` micro-batches of the epoch's length-bucketed batch list;
+1. take the step's batch of ``batch_size`` examples from the epoch's
+   length-bucketed batch list (the same list on every rank) and cut it into
+   ``world_size * grad_accum`` micro-batches; this rank runs its
+   ``grad_accum`` of them, so ranks and accumulation never change the recipe;
 2. count the items that the loss averages over in the *whole* step
    (``n_items``: examples, or valid tokens for a generative student), summed
    over all DDP ranks;
@@ -31,7 +34,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from kd.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction, token_counts
+from kd.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction, split_batch, token_counts
 from kd.checkpoint import (
     STATE_DIR,
     load_trainer_state,
@@ -56,7 +59,8 @@ class TrainConfig:
 
     epochs: int = 4
     batch_size: int = 32
-    """Examples per optimizer step on each rank (split into ``grad_accum`` micro-batches)."""
+    """Examples per optimizer step over all ranks (the global batch): each rank runs ``grad_accum``
+    micro-batches of ``batch_size / (world_size * grad_accum)``, so torchrun keeps the recipe."""
     grad_accum: int = 1
     lr: float = 5e-5
     weight_decay: float = 0.01
@@ -106,10 +110,6 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"train.{key} must be {expected}, got {getattr(self, key)}")
 
-    @property
-    def micro_batch_size(self) -> int:
-        return self.batch_size // self.grad_accum
-
 
 @dataclass
 class TrainResult:
@@ -128,7 +128,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
-    """LR multiplier: 0 -> 1 linearly over ``warmup_steps``, then 1 -> 0 at ``total_steps``."""
+    """LR multiplier of optimizer step ``s`` (0-based; the scheduler steps once per optimizer step):
+
+        (s + 1) / (warmup_steps + 1)                                  for s < warmup_steps
+        max(0, (total_steps - s) / max(1, total_steps - warmup_steps))  otherwise
+
+    a linear warm-up that never starts at 0 (the first step trains), 1 at
+    ``warmup_steps``, then a linear decay that reaches 0 at ``total_steps``.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -191,16 +198,17 @@ def forward_backward(
     return all_reduce_sum(total, dist_info) / dist_info.world_size
 
 
-def log_window(writer, progress, window: dict, loss, grad_norm, scheduler, step: int, dist_info: DistInfo) -> dict:
-    """Log the scalars of the steps since the last log; return a fresh window."""
+def log_window(writer, progress, window: dict, loss, grad_norm, scheduler, step: int) -> dict:
+    """Log the scalars of the steps since the last log (``window`` counts all ranks'
+    examples and tokens); return a fresh window."""
     elapsed = time.perf_counter() - window["time"]
-    rate = window["examples"] * dist_info.world_size / elapsed
+    rate = window["examples"] / elapsed
     logged = {
         "train/loss": loss.item(),
         "train/lr": scheduler.get_last_lr()[0],
         "train/grad_norm": float(grad_norm),
         "train/samples_per_s": rate,
-        "train/tokens_per_s": window["tokens"] * dist_info.world_size / elapsed,
+        "train/tokens_per_s": window["tokens"] / elapsed,
         "train/padding_fraction": 1 - window["tokens"] / max(1, window["padded"]),
     }
     if writer is not None:
@@ -235,6 +243,13 @@ def train(
     after every optimizer step (tests use it to interrupt a run).
     """
     out_dir = Path(out_dir)
+    parts = dist_info.world_size * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise ValueError(
+            f"train.batch_size ({cfg.batch_size}) is the global batch of all ranks: it must be a multiple of "
+            f"world size x train.grad_accum = {dist_info.world_size} x {cfg.grad_accum} = {parts}; "
+            f"change train.batch_size, train.grad_accum or the number of processes"
+        )
     extra_modules = dict(extra_modules or {})
     raw_model = model
     if dist_info.enabled:
@@ -246,10 +261,15 @@ def train(
         model = torch.compile(model, dynamic=True)
     modules = {"model": raw_model, **extra_modules}
     optimizer = build_optimizer(list(modules.values()), cfg, device)
-    batches_per_epoch = len(
-        length_bucketed_batches(train_set.lengths, cfg.micro_batch_size, seed=cfg.seed, epoch=0, world_size=dist_info.world_size)
-    )
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+
+    def epoch_batches(epoch: int) -> list:
+        """The epoch's global batches, the same on every rank (a batch too small to feed every micro-batch is dropped)."""
+        return length_bucketed_batches(train_set.lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, min_size=parts)
+
+    steps_per_epoch = len(epoch_batches(0))
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training examples cannot fill the {parts} micro-batches of one step; "
+                         f"use fewer processes or a smaller train.grad_accum")
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -267,6 +287,10 @@ def train(
         state.pop("scaler", None)
         if dist_info.is_main:
             print(f"resumed from {last.parent.resolve().name}: step {state['step']}, epoch {state['epoch']}")
+    if dist_info.enabled:
+        # Data order depends on (seed, epoch) only; dropout must differ per rank. A resumed run
+        # has rank 0's saved state everywhere, hence the step in the seed.
+        torch.manual_seed(cfg.seed + dist_info.rank + dist_info.world_size * state["step"])
     writer = None
     if dist_info.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -326,15 +350,15 @@ def train(
     finished = state["step"] >= total_steps
     window = {"time": time.perf_counter(), "examples": 0, "tokens": 0, "padded": 0}
     while not finished:
-        batches = length_bucketed_batches(
-            train_set.lengths, cfg.micro_batch_size, seed=cfg.seed, epoch=state["epoch"],
-            rank=dist_info.rank, world_size=dist_info.world_size,
-        )
+        batches = epoch_batches(state["epoch"])
         if dist_info.is_main and state["step"] == 0:
+            micro_batches = [m for b in batches for m in split_batch(b, dist_info.world_size, cfg.grad_accum)]
             print(f"train: {len(train_set)} examples, {steps_per_epoch} steps/epoch x {cfg.epochs}, "
-                  f"padding {padding_fraction(train_set.lengths, batches):.1%} of tokens")
+                  f"padding {padding_fraction(train_set.lengths, micro_batches):.1%} of tokens")
         while True:
-            group = batches[state["batch_in_epoch"] : state["batch_in_epoch"] + cfg.grad_accum]
+            batch = batches[state["batch_in_epoch"]]
+            everyone = split_batch(batch, dist_info.world_size, cfg.grad_accum)
+            group = everyone[dist_info.rank * cfg.grad_accum : (dist_info.rank + 1) * cfg.grad_accum]
             micro = [to_device(collate_fn(train_set, idx), device) for idx in group]
             loss = forward_backward(model, loss_fn, micro, dist_info=dist_info, amp_dtype=amp_dtype, scaler=scaler,
                                     extra_params=extra_params)
@@ -349,15 +373,15 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             state["step"] += 1
-            state["batch_in_epoch"] += len(group)
-            window["examples"] += sum(len(idx) for idx in group)
-            real, computed = token_counts(train_set.lengths, group)
+            state["batch_in_epoch"] += 1
+            window["examples"] += len(batch)
+            real, computed = token_counts(train_set.lengths, everyone)
             window["tokens"] += real
             window["padded"] += computed
             progress.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
                 # The only host synchronisation: once per log_every steps.
-                window = log_window(writer, progress, window, loss, grad_norm, scheduler, state["step"], dist_info)
+                window = log_window(writer, progress, window, loss, grad_norm, scheduler, state["step"])
             epoch_done = state["batch_in_epoch"] >= len(batches)
             if epoch_done:
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0

@@ -145,6 +145,12 @@ class QLoRARunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, batch_size=16, lr=2e-4, eval_batch_size=64))
     out_dir: str = "runs/qlora-smollm2"
 
+    def __post_init__(self):
+        if self.train.compile:
+            # The loss runs the wrapped causal LM (model.lm), never a compiled wrapper's forward.
+            raise ValueError("train.compile does not apply to the QLoRA student (its loss calls the inner causal LM, "
+                             "so compiling the wrapper would do nothing); leave train.compile=false")
+
 
 # --------------------------------------------------------------------------- checkpoints
 

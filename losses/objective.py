@@ -192,19 +192,21 @@ class DistillationObjective(nn.Module):
         teacher: ModelOutputs | None = None,
         labels: Tensor | None = None,
         mask: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, float]]:
-        """Weighted sum over items (float32 scalar) and each term's mean per item.
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Weighted sum over items (float32 scalar) and each term's mean per item
+        (detached 0-d tensors, name → mean).
 
         ``mask``: bool ``logits.shape[:-1]``, the positions that count (None: all).
+        Returns tensors only: no host synchronisation, so a GPU keeps its queue
+        of work full (call ``.item()`` where you log).
         """
         if self.needs_teacher and teacher is None:
             raise ValueError(f"objective {self.spec!r} needs teacher outputs")
         items = position_mask(student.logits, mask)
         sums = [loss(student, teacher, labels, items) for loss in self.losses]
         total = sum(t.weight * s for t, s in zip(self._terms, sums))
-        # One host sync for all the logged parts.
-        means = (torch.stack([s.detach() for s in sums]) / items.sum().clamp(min=1)).tolist()
-        return total, dict(zip(self._part_names, means))
+        count = items.sum().clamp(min=1)
+        return total, {name: s.detach() / count for name, s in zip(self._part_names, sums)}
 
     def per_position(self, student: ModelOutputs, teacher: ModelOutputs, mask: Tensor | None = None) -> Tensor:
         """Σ_terms weight · value at each position: ``logits.shape[:-1]`` float32,

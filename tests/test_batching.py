@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kd.batching import TokenizedSet, collate, eval_batches, length_bucketed_batches, padding_fraction
+from kd.batching import TokenizedSet, collate, eval_batches, length_bucketed_batches, padding_fraction, split_batch
 
 
 def test_batches_cover_every_example_once_and_are_deterministic():
@@ -20,12 +20,15 @@ def test_bucketing_cuts_padding():
     assert padding_fraction(lengths, bucketed) < 0.1 < padding_fraction(lengths, random_batches)
 
 
-def test_ranks_get_disjoint_equal_shards():
+def test_ranks_split_each_global_batch_into_disjoint_micro_batches():
     lengths = np.arange(1, 1001)
-    shards = [length_bucketed_batches(lengths, 10, seed=0, epoch=0, rank=r, world_size=3) for r in range(3)]
-    assert len({len(s) for s in shards}) == 1
-    seen = np.concatenate([np.concatenate(s) for s in shards])
-    assert len(seen) == len(set(seen.tolist()))
+    batches = length_bucketed_batches(lengths, 12, seed=0, epoch=0, min_size=6)
+    assert len(batches) == 83 and all(len(b) == 12 for b in batches)  # the last 4 examples cannot feed 6 micro-batches
+    for batch in batches:
+        parts = split_batch(batch, world_size=3, grad_accum=2)
+        assert [len(p) for p in parts] == [2] * 6 and (np.concatenate(parts) == batch).all()
+    uneven = split_batch(np.arange(7), world_size=2, grad_accum=2)
+    assert [p.tolist() for p in uneven] == [[0, 1], [2, 3], [4, 5], [6]]
 
 
 def test_collate_pads_to_the_longest_member_only():

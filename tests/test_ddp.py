@@ -1,4 +1,4 @@
-"""DDP on CPU: 2 gloo ranks x B/2 make the same update as 1 process x B; only rank 0 writes.
+"""DDP on CPU: 2 gloo ranks with global batch B make the same update as 1 process with B; only rank 0 writes.
 
 Both ranks run once, in one ``torch.multiprocessing.spawn`` (module fixture),
 and write what they computed to files; the tests compare that with the same
@@ -29,16 +29,21 @@ from losses import build_objective
 WORLD = 2
 DISTILL_SPEC = "fkl@T=2,hidden_mse@map=uniform"
 SHARDS = {
-    # Rank r's examples of the 12 (sorted by length, so each rank pads differently).
-    "equal": [np.arange(0, 6), np.arange(6, 12)],
+    # Rank r's micro-batches of the 12 examples (sorted by length, so each rank pads differently).
+    "equal": [[np.arange(0, 6)], [np.arange(6, 12)]],
     # Unequal counts: per-rank means averaged over ranks would differ from the global mean.
-    "unequal": [np.arange(0, 4), np.arange(4, 12)],
+    "unequal": [[np.arange(0, 4)], [np.arange(4, 12)]],
+    # Two micro-batches per rank (gradient accumulation), of unequal sizes.
+    "accum": [[np.arange(0, 2), np.arange(2, 5)], [np.arange(5, 9), np.arange(9, 12)]],
 }
 CASES = {  # name -> (objective spec or None for plain cross-entropy, shards)
     "ce_equal": (None, "equal"),
     "ce_unequal": (None, "unequal"),
     "distill_unequal": (DISTILL_SPEC, "unequal"),
+    "distill_accum": (DISTILL_SPEC, "accum"),
 }
+TRAIN_CFG = dict(epochs=1, batch_size=8, max_steps=3, eval_every=2, log_every=1, lr=1e-3)
+"""The tiny ``train()``: global batch 8; the 2 ranks run it with 2 micro-batches of 2 each."""
 
 
 def bert(hidden: int, layers: int, seed: int) -> BertForSequenceClassification:
@@ -76,44 +81,62 @@ def named_params(student, extra: dict) -> dict[str, torch.nn.Parameter]:
     return named
 
 
-def one_step(spec: str | None, indices: np.ndarray, dist_info: DistInfo = DistInfo(), sync_extra: bool = True) -> dict:
-    """One optimizer step of the loop's pieces on ``indices`` of :func:`url_like_set`.
+def one_step(spec: str | None, micro_batches: list[np.ndarray], dist_info: DistInfo = DistInfo(),
+             sync_extra: bool = True) -> dict:
+    """One optimizer step of the loop's pieces on ``micro_batches`` (indices of :func:`url_like_set`).
 
-    Returns ``loss``, ``grad.<name>`` (after the step's backward and DDP sync) and
-    ``weight.<name>`` (after AdamW). ``sync_extra=False`` leaves the objective's
-    gradients unsynchronised, as the loop did before extra modules were averaged.
+    Returns ``loss``, ``grad.<name>`` (after the step's backward and DDP sync),
+    ``weight.<name>`` (after AdamW) and, under DDP, ``sync``: whether DDP was to
+    all-reduce in each micro-batch's backward. ``sync_extra=False`` leaves the
+    objective's gradients unsynchronised, as the loop did before extra modules were averaged.
     """
     student, loss_fn, extra = build_case(spec)
     model = torch.nn.parallel.DistributedDataParallel(student) if dist_info.enabled else student
     params = named_params(student, extra)
     optimizer = build_optimizer([student, *extra.values()], TrainConfig(lr=1e-3), torch.device("cpu"))
     extra_params = [p for m in extra.values() for p in m.parameters()] if sync_extra else []
-    loss = forward_backward(model, loss_fn, [collate(url_like_set(12), indices)], dist_info=dist_info,
+    sync = []
+
+    def recording_loss_fn(model, batch):
+        sync.append(getattr(model, "require_backward_grad_sync", True))
+        return loss_fn(model, batch)
+
+    data = url_like_set(12)
+    loss = forward_backward(model, recording_loss_fn, [collate(data, idx) for idx in micro_batches], dist_info=dist_info,
                             extra_params=extra_params)
     out = {"loss": loss.reshape(1)}
+    if dist_info.enabled:
+        out["sync"] = torch.tensor(sync)
     out.update({f"grad.{n}": p.grad.clone() for n, p in params.items() if p.grad is not None})
     optimizer.step()
     out.update({f"weight.{n}": p.detach().clone() for n, p in params.items()})
     return out
 
 
-def train_two_ranks(out_dir, dist_info: DistInfo) -> dict:
-    """A 3-step distillation ``train()`` from rank-dependent initial weights; returns
-    the final weights, how often ``save`` ran and what the rank printed."""
+def train_run(out_dir, dist_info: DistInfo = DistInfo(), grad_accum: int = 1) -> dict:
+    """The 3-step distillation ``train()`` of ``TRAIN_CFG`` from rank-dependent initial weights;
+    returns the final weights, how often ``save`` ran, what the rank printed, and per
+    ``loss_fn`` call the examples it saw and a draw from the training RNG (as dropout would)."""
     student, loss_fn, extra = build_case(DISTILL_SPEC, seed=10 * dist_info.rank)
-    saves = []
+    saves, seen, draws = [], [], []
 
     def save(model, folder):
         saves.append(folder.name)
         model.save_pretrained(folder)
 
-    cfg = TrainConfig(epochs=1, batch_size=4, max_steps=3, eval_every=2, log_every=1, lr=1e-3)
+    def recording_loss_fn(model, batch):
+        seen.append(batch["index"].tolist())
+        draws.append(torch.rand(()).item())
+        return loss_fn(model, batch)
+
     printed = io.StringIO()
+    torch.manual_seed(0)  # what every rank's recipe does (set_seed(train.seed))
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        train(student, loss_fn, url_like_set(48, seed=1), lambda m: {"roc_auc": 0.5}, cfg, out_dir,
+        train(student, recording_loss_fn, url_like_set(48, seed=1), lambda m: {"roc_auc": 0.5},
+              TrainConfig(**TRAIN_CFG, grad_accum=grad_accum), out_dir,
               save=save, device=torch.device("cpu"), dist_info=dist_info, extra_modules=extra)
     weights = {f"weight.{n}": p.detach().clone() for n, p in named_params(student, extra).items()}
-    return {"weights": weights, "saves": saves, "printed": printed.getvalue()}
+    return {"weights": weights, "saves": saves, "printed": printed.getvalue(), "seen": seen, "draws": draws}
 
 
 def worker(rank: int, port: int, out_dir: str) -> None:
@@ -131,11 +154,11 @@ def worker(rank: int, port: int, out_dir: str) -> None:
             tensors.update({f"{name}/{k}": v for k, v in one_step(spec, indices, dist_info).items()})
         unsynced = one_step(DISTILL_SPEC, SHARDS["unequal"][rank], dist_info, sync_extra=False)
         tensors.update({f"unsynced/{k}": v for k, v in unsynced.items()})
-        trained = train_two_ranks(os.path.join(out_dir, "run"), dist_info)
+        trained = train_run(os.path.join(out_dir, "run"), dist_info, grad_accum=2)
         tensors.update({f"train/{k}": v for k, v in trained["weights"].items()})
         save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
-            json.dump({"saves": trained["saves"], "printed": trained["printed"]}, handle)
+            json.dump({k: v for k, v in trained.items() if k != "weights"}, handle)
     finally:
         dist.destroy_process_group()
 
@@ -165,7 +188,7 @@ def assert_same(got: dict, want: dict, keys) -> None:
 def test_two_ranks_step_like_one_process_with_the_whole_batch(ranks, case):
     tensors, _, _ = ranks
     spec, shards = CASES[case]
-    want = one_step(spec, np.concatenate(SHARDS[shards]))
+    want = one_step(spec, [np.concatenate([idx for rank in SHARDS[shards] for idx in rank])])
     grads = [k for k in want if k.startswith("grad.")]
     assert len(grads) > 20 and any(k.startswith("grad.objective.") for k in grads) == (spec is not None)
     for rank in range(WORLD):
@@ -176,10 +199,36 @@ def test_two_ranks_step_like_one_process_with_the_whole_batch(ranks, case):
 def test_unsynchronised_projections_would_differ(ranks):
     """Guards the distillation case: without averaging, the objective's gradients are each rank's own."""
     tensors, _, _ = ranks
-    want = one_step(DISTILL_SPEC, np.concatenate(SHARDS["unequal"]))
+    want = one_step(DISTILL_SPEC, [np.concatenate([idx for rank in SHARDS["unequal"] for idx in rank])])
     key = next(k for k in want if k.startswith("grad.objective."))
     for rank in range(WORLD):
         assert not torch.allclose(tensors[rank][f"unsynced/{key}"], want[key], rtol=1e-3, atol=1e-6)
+
+
+def test_accumulation_synchronises_gradients_on_the_last_micro_batch_only(ranks):
+    tensors, _, _ = ranks
+    for rank in range(WORLD):
+        assert tensors[rank]["distill_accum/sync"].tolist() == [False, True]
+
+
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(ranks, tmp_path):
+    """``train.batch_size`` is the global batch: same examples per step, same weights, fresh dropout per rank."""
+    tensors, info, _ = ranks
+    alone = train_run(tmp_path / "alone")
+    for step, batch in enumerate(alone["seen"]):  # one micro-batch per step alone, 2 x 2 over the ranks
+        together = [i for rank in range(WORLD) for i in sum(info[rank]["seen"][2 * step : 2 * step + 2], [])]
+        assert sorted(together) == sorted(batch)
+    assert_same({k.split("/", 1)[1]: v for k, v in tensors[0].items() if k.startswith("train/")}, alone["weights"],
+                alone["weights"].keys())
+    assert info[0]["draws"] != info[1]["draws"]  # each rank draws its own dropout masks
+
+
+def test_global_batch_must_split_over_ranks_and_micro_batches(tmp_path):
+    student, loss_fn, _ = build_case(None)
+    cfg = TrainConfig(**{**TRAIN_CFG, "batch_size": 6}, grad_accum=2)
+    with pytest.raises(ValueError, match=r"multiple of world size x train.grad_accum = 4 x 2 = 8"):
+        train(student, loss_fn, url_like_set(48), lambda m: {"roc_auc": 0.5}, cfg, tmp_path, save=lambda m, f: None,
+              device=torch.device("cpu"), dist_info=DistInfo(0, 4, 0))
 
 
 def test_train_keeps_ranks_identical_and_only_rank_0_writes(ranks):

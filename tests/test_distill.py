@@ -163,3 +163,28 @@ def test_teacher_logit_caches_are_separate_per_teacher_precision(tiny_teacher_ru
     fp32, bf16 = train_student.cache_file(cfg, None), train_student.cache_file(cfg, torch.bfloat16)
     assert fp32 != bf16 and fp32.parent == bf16.parent == tiny_teacher_run / "cache" / "teacher-logits"
     assert fp32.name.endswith("-float32.safetensors") and bf16.name.endswith("-bfloat16.safetensors")
+
+
+def test_pruned_student_gets_the_same_loss_from_a_live_and_a_cached_teacher(teacher_and_data, tmp_path):
+    """A vocabulary-pruned student's ids are renumbered: a live teacher must see them mapped back."""
+    from models.student import prune_vocabulary, token_ids_in
+
+    teacher, tokenizer, examples, data = teacher_and_data
+    keep = token_ids_in(examples.urls, tokenizer, 64)
+    student, student_tokenizer = prune_vocabulary(
+        AutoModelForSequenceClassification.from_pretrained(teacher.name_or_path, hidden_dropout_prob=0.0,
+                                                           attention_probs_dropout_prob=0.0), tokenizer, keep)
+    student_data = tokenize(examples, student_tokenizer, 64)
+    assert student_data.input_ids != data.input_ids  # renumbered ids
+    logits = cached_teacher_logits(examples.urls, tmp_path / "c.safetensors",
+                                   teacher_scorer(teacher, tokenizer, examples.urls, max_length=64))
+    objective = build_objective("ce:0.5,fkl:0.5@T=2")
+    batches = [collate(student_data, b) for b in length_bucketed_batches(student_data.lengths, 8, seed=0, epoch=0)[:2]]
+    results = []
+    for loss_fn in (distillation_loss(objective, teacher_logits=logits),
+                    distillation_loss(objective, teacher=teacher, teacher_input_ids=torch.tensor(keep))):
+        student.zero_grad()
+        loss = forward_backward(student, loss_fn, batches)
+        results.append((loss, torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None])))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-6)

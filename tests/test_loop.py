@@ -123,3 +123,74 @@ def test_resume_ends_with_the_same_weights(tmp_path, tiny_bert_dir):
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0)
     first = load_file(tmp_path / "straight" / "checkpoints" / (tmp_path / "straight" / "last").resolve().name / "model.safetensors")
     assert first.keys() == straight.keys()
+
+
+# --------------------------------------------------------------------------- one optimizer step: AMP, clipping, schedule
+
+
+class Recorder:
+    """Wraps ``torch.nn.utils.clip_grad_norm_`` (what the loop calls once per optimizer step)
+    to record the parameters it clips and the norm it returns."""
+
+    def __init__(self, monkeypatch):
+        self.params, self.norms = [], []
+        real = torch.nn.utils.clip_grad_norm_
+
+        def clip(params, max_norm, *args, **kwargs):
+            params = list(params)
+            self.params.append({id(p) for p in params})
+            norm = real(params, max_norm, *args, **kwargs)
+            self.norms.append(float(norm))
+            return norm
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+
+
+def run_steps(tmp_path, cfg: TrainConfig, extra_modules=None, loss_fn=cross_entropy_sum, model=None, on_step=None):
+    model = model or tiny_model()
+    train(model, loss_fn, random_set(32), lambda m: {"roc_auc": 0.0}, cfg, tmp_path, save=lambda m, f: None,
+          device=torch.device("cpu"), extra_modules=extra_modules, on_step=on_step)
+    return model
+
+
+def test_fp16_unscales_gradients_before_clipping(tmp_path, monkeypatch):
+    """One fp16 step with a GradScaler (scale 65536) clips the same gradient norm as one fp32 step, and steps."""
+    recorder = Recorder(monkeypatch)
+    cfg = dict(epochs=1, batch_size=16, max_steps=1, lr=1e-2, max_grad_norm=1e-3)
+    run_steps(tmp_path / "fp32", TrainConfig(**cfg, precision="fp32"))
+    fp16 = run_steps(tmp_path / "fp16", TrainConfig(**cfg, precision="fp16"))
+    assert recorder.norms[0] > 1e-3  # the clip is active
+    assert recorder.norms[1] == pytest.approx(recorder.norms[0], rel=0.1)  # fp16 rounding, not a factor 65536
+    assert not torch.equal(fp16.classifier.weight, tiny_model().classifier.weight)  # the step was not skipped
+
+
+def test_clipping_covers_the_objectives_trainable_modules(tmp_path, monkeypatch):
+    recorder = Recorder(monkeypatch)
+    projection = torch.nn.Linear(16, 16)
+
+    def loss_fn(model, batch):  # a hidden-state projection trained alongside the model
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        return cross_entropy_sum(model, batch) + projection(out.hidden_states[-1][:, 0]).pow(2).sum()
+
+    run_steps(tmp_path, TrainConfig(epochs=1, batch_size=16, max_steps=1), {"projection": projection}, loss_fn)
+    (clipped,) = recorder.params
+    assert {id(p) for p in projection.parameters()} <= clipped
+
+
+def test_scheduler_steps_once_per_optimizer_step_with_the_documented_rate(tmp_path, monkeypatch):
+    import kd.loop
+
+    schedulers = []
+    real = kd.loop.linear_warmup_decay
+    monkeypatch.setattr(kd.loop, "linear_warmup_decay", lambda *a: schedulers.append(real(*a)) or schedulers[-1])
+    lr, rates = 1e-3, {}
+    cfg = TrainConfig(epochs=2, batch_size=8, grad_accum=4, lr=lr, warmup_ratio=0.25)  # 32 examples: 4 steps/epoch
+    run_steps(tmp_path, cfg, on_step=lambda step: rates.setdefault(step, schedulers[0].get_last_lr()[0]))
+    total, warmup = 8, 2
+
+    def documented(s):  # the rate of optimizer step s (0-based)
+        return lr * ((s + 1) / (warmup + 1) if s < warmup else (total - s) / (total - warmup))
+
+    # After optimizer step k the scheduler holds the rate of step k.
+    assert rates == pytest.approx({k: documented(k) for k in range(1, total + 1)}, rel=1e-6)
+    assert rates[total] == 0

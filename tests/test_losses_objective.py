@@ -290,3 +290,67 @@ def test_per_position_values_sum_to_the_objective_for_logit_terms_only():
     torch.testing.assert_close(values, expected)
     with pytest.raises(ValueError, match="soft logit terms only"):
         build_objective("ce:0.5,fkl:0.5").per_position(ModelOutputs(s), ModelOutputs(t), mask)
+
+
+# --------------------------------------------------------------------------- no host synchronisation
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """Make every tensor -> Python conversion raise: on a GPU each one waits for the queued work."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronisation: a tensor was read back to Python")
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+def test_objective_forward_reads_nothing_back_to_the_host(no_host_sync):
+    g = torch.Generator().manual_seed(30)
+    qkv = {-1: tuple(torch.randn(3, 4, 8, generator=g) for _ in range(3))}
+    student = ModelOutputs(logits(3, 2, seed=31).requires_grad_(), hidden(2, 8, 32), ATTENTION_MASK, qkv)
+    teacher = ModelOutputs(logits(3, 2, seed=33), hidden(4, 8, 34), ATTENTION_MASK, qkv)
+    objective = build_objective("ce,fkl@T=2,jsd,hidden_mse@map=uniform,attn_rel@heads=2", 8, 8, 2, 4)
+    total, parts = objective(student, teacher, labels=torch.tensor([0, 1, -100]))
+    total.backward()
+    assert total.dim() == 0 and all(torch.is_tensor(v) and v.dim() == 0 for v in parts.values())
+
+
+# --------------------------------------------------------------------------- which items count
+
+
+def test_classification_feature_terms_count_only_the_masked_examples():
+    """``mask = labels != -100`` leaves an example out of hidden-state and attention terms too."""
+    g = torch.Generator().manual_seed(40)
+    student_h, teacher_h = hidden(2, 8, 41), hidden(4, 8, 42)
+    s_qkv, t_qkv = ({-1: tuple(torch.randn(3, 4, 8, generator=g) for _ in range(3))} for _ in range(2))
+    student = ModelOutputs(logits(3, 2, seed=43), student_h, ATTENTION_MASK, s_qkv)
+    teacher = ModelOutputs(logits(3, 2, seed=44), teacher_h, ATTENTION_MASK, t_qkv)
+    labels = torch.tensor([0, -100, 1])
+    keep = labels != -100
+    for spec in ("hidden_mse@map=last", "attn_rel@heads=2"):
+        total, parts = build_objective(spec, 8, 8, 2, 4)(student, teacher, labels=labels, mask=keep)
+        kept = [ModelOutputs(o.logits[keep], tuple(h[keep] for h in o.hidden_states), o.attention_mask[keep],
+                             {k: tuple(x[keep] for x in v) for k, v in o.qkv.items()}) for o in (student, teacher)]
+        want, _ = build_objective(spec, 8, 8, 2, 4)(*kept, labels=labels[keep])
+        torch.testing.assert_close(total, want)
+        torch.testing.assert_close(parts[spec.split("@")[0]], want / 2)
+
+
+def test_token_terms_mask_with_the_items_mask_not_the_attention_mask():
+    """A generative student's prompt tokens are real tokens (attention mask 1) but not items."""
+    s, t = logits(2, 4, 7, seed=50), logits(2, 4, 7, seed=51)
+    attention = torch.ones(2, 4, dtype=torch.long)
+    items = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]).bool()  # the first tokens are the prompt
+    for spec in ("fkl@T=2", "hidden_mse@map=2-2"):
+        h_s, h_t = hidden(2, 8, 52, b=2), hidden(2, 8, 53, b=2)
+        objective = build_objective(spec, 8, 8, 2, 2)
+        total, _ = objective(ModelOutputs(s, h_s, attention), ModelOutputs(t, h_t, attention), mask=items)
+        # Changing the prompt positions changes nothing.
+        h_s2 = tuple(h.masked_fill(~items[..., None], 5.0) for h in h_s)
+        s2 = s.masked_fill(~items[..., None], 9.0)
+        moved, _ = objective(ModelOutputs(s2, h_s2, attention), ModelOutputs(t, h_t, attention), mask=items)
+        torch.testing.assert_close(moved, total)
+        everything, _ = objective(ModelOutputs(s, h_s, attention), ModelOutputs(t, h_t, attention))
+        assert not torch.allclose(everything, total)
