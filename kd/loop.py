@@ -282,6 +282,11 @@ def train(
         last = out_dir / "last" / STATE_DIR
         state = load_trainer_state(last, modules, optimizer, device)
         scheduler.load_state_dict(state.pop("scheduler"))
+        # The configured peak rate, not the saved one: a resume allowed to change train.lr
+        # (--allow-changed) must train with it. Unchanged, this restores the same rates.
+        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+        for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = cfg.lr * factor(scheduler.last_epoch)
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         state.pop("scaler", None)

@@ -194,3 +194,30 @@ def test_scheduler_steps_once_per_optimizer_step_with_the_documented_rate(tmp_pa
     # After optimizer step k the scheduler holds the rate of step k.
     assert rates == pytest.approx({k: documented(k) for k in range(1, total + 1)}, rel=1e-6)
     assert rates[total] == 0
+
+
+def test_resume_trains_with_the_configured_learning_rate(tmp_path, monkeypatch):
+    """A resumed run follows train.lr as configured now (a change the resume guard was told
+    to allow), on the same schedule; an unchanged lr gives the rates of an uninterrupted run."""
+    import kd.loop
+
+    schedulers = []
+    real = kd.loop.linear_warmup_decay
+    monkeypatch.setattr(kd.loop, "linear_warmup_decay", lambda *a: schedulers.append(real(*a)) or schedulers[-1])
+    save = lambda m, folder: m.save_pretrained(folder)  # noqa: E731
+
+    def rates_of(out, cfg, resume, model):
+        rates = {}
+        train(model, cross_entropy_sum, random_set(32), lambda m: {"roc_auc": 0.0}, cfg, out, save=save,
+              device=torch.device("cpu"), resume=resume,
+              on_step=lambda step: rates.setdefault(step, schedulers[-1].optimizer.param_groups[0]["lr"]))
+        return rates
+
+    base = dict(epochs=1, batch_size=8, warmup_ratio=0.0, eval_every=2)  # 4 steps, a checkpoint every 2
+    whole = rates_of(tmp_path / "whole", TrainConfig(**base, lr=1e-3), False, tiny_model())
+    rates_of(tmp_path / "cut", TrainConfig(**base, lr=1e-3, max_steps=2), False, tiny_model())
+    same = rates_of(tmp_path / "cut", TrainConfig(**base, lr=1e-3), True, tiny_model())
+    assert same == pytest.approx({k: whole[k] for k in (3, 4)}, rel=1e-6)
+    rates_of(tmp_path / "cut2", TrainConfig(**base, lr=1e-3, max_steps=2), False, tiny_model())
+    doubled = rates_of(tmp_path / "cut2", TrainConfig(**base, lr=2e-3), True, tiny_model())
+    assert doubled == pytest.approx({k: 2 * whole[k] for k in (3, 4)}, rel=1e-6)
