@@ -146,6 +146,16 @@ def build_student(cfg: StudentConfig, teacher):
     return student_from_config(cfg.name_or_path, pretrained=cfg.init == "pretrained")
 
 
+def student_tokenizer(cfg: StudentConfig, teacher_tokenizer):
+    """The tokenizer the student reads: ``teacher_tokenizer`` itself, unless a
+    ``pretrained`` / ``fresh`` student's own tokenizer maps any string to
+    another id (then that one, and the caller must not feed its ids to the teacher)."""
+    if cfg.init not in ("pretrained", "fresh"):
+        return teacher_tokenizer
+    own = load_tokenizer(cfg.name_or_path)
+    return teacher_tokenizer if own.get_vocab() == teacher_tokenizer.get_vocab() else own
+
+
 def transfer_examples(cfg: StudentRunConfig, data_cfg: DataConfig, splits, log) -> Examples:
     """Unlabelled transfer URLs (the sources' first, capped at
     ``max_transfer_examples``, then the augmented copies of training URLs),
@@ -203,12 +213,14 @@ def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
         for module in student.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = cfg.model.dropout
-    tokenizer, teacher_ids, pruning = teacher_tokenizer, None, None
+    tokenizer, teacher_ids, pruning = student_tokenizer(cfg.student, teacher_tokenizer), None, None
+    own_vocabulary = tokenizer is not teacher_tokenizer
     if cfg.student.prune_vocab:
         from models.student import prune_vocabulary, pruning_report, token_ids_in
 
-        if cfg.student.init != "from_teacher" and student.config.vocab_size != teacher.config.vocab_size:
-            raise ValueError("student.prune_vocab needs a student with the teacher's vocabulary")
+        if own_vocabulary:
+            raise ValueError(f"student.prune_vocab needs a student with the teacher's vocabulary; "
+                             f"{cfg.student.name_or_path} has a tokenizer of its own")
         keep = token_ids_in(train_examples.urls, teacher_tokenizer, cfg.model.max_length)
         before = student
         student, tokenizer = prune_vocabulary(student, teacher_tokenizer, keep)
@@ -227,11 +239,16 @@ def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
         teacher_num_layers=teacher.config.num_hidden_layers,
     ).to(device)
     needs_features = objective.needs_hidden_states or objective.needs_attention_relations
+    if own_vocabulary and needs_features:
+        raise ValueError(f"objective {objective.spec!r} runs the teacher live on the student's token ids, but "
+                         f"student {cfg.student.name_or_path} has another vocabulary than the teacher; use logit terms "
+                         "only (ce, fkl, rkl, ...: the teacher's logits are cached by URL) or a student with the teacher's tokenizer")
     if transfer.urls and not objective.needs_teacher:
         raise ValueError(f"a transfer set has no labels: objective {objective.spec!r} needs a teacher term "
                          "(or drop the transfer set: distill.augment_copies=0, distill.transfer_sources=[])")
     logits = None
-    if objective.needs_teacher and cfg.distill.cache_teacher_logits and not needs_features:
+    # A student with its own vocabulary cannot feed its ids to a live teacher: it reads cached logits.
+    if objective.needs_teacher and (cfg.distill.cache_teacher_logits or own_vocabulary) and not needs_features:
         score = teacher_scorer(teacher, teacher_tokenizer, train_examples.urls, max_length=cfg.model.max_length,
                                batch_size=cfg.train.eval_batch_size, autocast_dtype=amp)
         logits = cached_teacher_logits(train_examples.urls, cache_file(cfg, amp), score, log=log)

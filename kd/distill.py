@@ -8,12 +8,16 @@ still meets its own teacher logits.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
-from contextlib import nullcontext
+import os
+import tempfile
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from kd.inference import predict_logits
@@ -52,37 +56,95 @@ def teacher_scorer(teacher: torch.nn.Module, tokenizer, urls: list[str], *, max_
     return compute
 
 
+def _read_cache(cache_file: Path) -> tuple[np.ndarray, torch.Tensor | None]:
+    """``(keys (M,), logits (M, C))`` stored in ``cache_file``; ``(empty, None)`` if there is none."""
+    if not cache_file.is_file():
+        return np.empty(0, dtype=np.int64), None
+    stored = load_file(str(cache_file))
+    return stored["keys"].numpy(), stored["logits"]
+
+
+def _write_cache(cache_file: Path, keys: np.ndarray, logits: torch.Tensor) -> None:
+    """Replace ``cache_file`` atomically: written under a name of its own, then renamed,
+    so a reader sees the old file or the new one, never half of one."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{cache_file.name}.", suffix=".tmp", dir=cache_file.parent)
+    os.close(handle)
+    try:
+        save_file({"keys": torch.from_numpy(keys), "logits": logits.contiguous()}, tmp)
+        os.replace(tmp, cache_file)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextmanager
+def _locked(cache_file: Path):
+    """Hold an exclusive lock on ``<cache_file>.lock`` (POSIX ``flock``, released
+    if the process dies). The lock file stays: removing it would let a waiting
+    process lock a file that a third one no longer sees."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_file.with_name(cache_file.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _missing(keys: np.ndarray, cached_keys: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each key of ``keys`` absent from ``cached_keys``."""
+    present, first = set(cached_keys.tolist()), {}
+    for i, k in enumerate(keys.tolist()):
+        if k not in present:
+            first.setdefault(k, i)
+    return np.array(list(first.values()), dtype=np.int64)
+
+
 def cached_teacher_logits(urls: list[str], cache_file: Path, compute, *, log=print) -> torch.Tensor:
     """Teacher logits ``(N, C)`` float32 for ``urls``, from ``cache_file`` where
     present; ``compute(indices)`` (e.g. :func:`teacher_scorer`) gives the rows of
     the missing ones, which are added to the file. It is not called at all when
     every URL is cached, so a caller can load its teacher inside it, lazily.
 
-    The file holds ``keys`` ``(M,)`` int64 and ``logits`` ``(M, C)``; rows are
-    looked up by key, so one file serves every run, split order and subset
-    that uses the same teacher.
+    The file holds ``keys`` ``(M,)`` int64 (each once) and ``logits`` ``(M, C)``;
+    rows are looked up by key, so one file serves every run, split order and
+    subset that uses the same teacher.
+
+    Safe to call concurrently on one file. Processes that find rows missing
+    take turns under a lock file (read, compute what is still missing, write a
+    temporary file, rename it into place), so parallel ``kd.ablation --shard``
+    workers neither lose each other's rows nor compute a row twice. Under
+    ``torchrun`` (a default process group is initialised) rank 0 goes first and
+    the other ranks wait at a barrier, then read what it wrote.
     """
+    ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if ranks and dist.get_rank() != 0:
+        dist.barrier()  # rank 0 fills the cache first
+    try:
+        return _cached_teacher_logits(urls, cache_file, compute, log)
+    finally:
+        if ranks and dist.get_rank() == 0:
+            dist.barrier()
+
+
+def _cached_teacher_logits(urls: list[str], cache_file: Path, compute, log) -> torch.Tensor:
     keys = example_keys(urls)
-    cached_keys, cached_logits = np.empty(0, dtype=np.int64), None
-    if cache_file.is_file():
-        stored = load_file(str(cache_file))
-        cached_keys, cached_logits = stored["keys"].numpy(), stored["logits"]
-    row_of = {int(k): i for i, k in enumerate(cached_keys)}
-    missing = np.array([i for i, k in enumerate(keys) if int(k) not in row_of], dtype=np.int64)
-    if len(missing):
-        log(f"teacher logits: computing {len(missing)} of {len(keys)} examples (cache: {cache_file})")
-        fresh = compute(missing)
-        new_keys = np.concatenate([cached_keys, keys[missing]])
-        all_logits = fresh if cached_logits is None else torch.cat([cached_logits, fresh])
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.tmp")
-        save_file({"keys": torch.from_numpy(new_keys), "logits": all_logits.contiguous()}, str(tmp))
-        tmp.replace(cache_file)
-        row_of.update({int(k): len(cached_keys) + j for j, k in enumerate(keys[missing])})
-        cached_logits = all_logits
+    cached_keys, cached_logits = _read_cache(cache_file)
+    if len(_missing(keys, cached_keys)):
+        with _locked(cache_file):
+            cached_keys, cached_logits = _read_cache(cache_file)  # another process may have added rows meanwhile
+            missing = _missing(keys, cached_keys)
+            if len(missing):
+                log(f"teacher logits: computing {len(missing)} of {len(keys)} examples (cache: {cache_file})")
+                fresh = compute(missing)
+                cached_keys = np.concatenate([cached_keys, keys[missing]])
+                cached_logits = fresh if cached_logits is None else torch.cat([cached_logits, fresh])
+                _write_cache(cache_file, cached_keys, cached_logits)
     else:
         log(f"teacher logits: all {len(keys)} examples from {cache_file}")
-    rows = torch.tensor([row_of[int(k)] for k in keys], dtype=torch.long)
+    row_of = {k: i for i, k in enumerate(cached_keys.tolist())}
+    rows = torch.tensor([row_of[k] for k in keys.tolist()], dtype=torch.long)
     return cached_logits[rows].contiguous()
 
 

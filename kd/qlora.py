@@ -232,8 +232,12 @@ def qlora_loss(
         prompt = answer_batch(batch["input_ids"], batch["attention_mask"])
         if on_policy:
             sampled = sample_continuations(model.lm, tokenizer, prompt, max_new_tokens, temperature)
-            logits = sequence_logits(model.lm, sampled["input_ids"], sampled["attention_mask"])  # (B, S + T, V)
-            answer = logits[:, prompt["input_ids"].shape[1] - 1]  # every left-padded prompt ends there
+            # Every left-padded prompt ends at column S - 1: the answer position, and the
+            # first of the T positions that predict sampled tokens. Only these T columns
+            # get logits (B, T, V), not all S + T.
+            scored = slice(prompt["input_ids"].shape[1] - 1, -1)
+            logits = sequence_logits(model.lm, sampled["input_ids"], sampled["attention_mask"], scored)
+            answer = logits[:, 0]
         else:
             answer = answer_token_logits(model.lm, prompt)  # (B, V)
         teacher = None
@@ -244,11 +248,11 @@ def qlora_loss(
             return total
         with torch.no_grad():
             if on_policy:
-                reference = sequence_logits(generative_teacher, sampled["input_ids"], sampled["attention_mask"])
+                reference = sequence_logits(generative_teacher, sampled["input_ids"], sampled["attention_mask"], scored)
             else:
                 reference = answer_token_logits(generative_teacher, prompt)
         if on_policy:
-            return total + per_example_token_sum(token_objective, logits, reference, sampled["loss_mask"])
+            return total + per_example_token_sum(token_objective, logits, reference, sampled["loss_mask"][:, scored])
         return total + token_objective(ModelOutputs(answer), ModelOutputs(reference))[0]
 
     return loss_fn

@@ -348,33 +348,67 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def answer_token_logits(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``(B, V)`` float32 full-vocabulary logits at each row's answer position.
+def _body_and_head(model):
+    """``(decoder, lm_head)`` of a causal LM, peft-wrapped or not: the
+    transformer body that gives the last hidden states ``(B, S, H)`` and the
+    linear head that maps ``(..., H)`` to ``(..., V)`` logits (LoRA layers sit
+    inside both, so adapters apply).
 
-    Only those B positions go through the LM head (``logits_to_keep``), not
-    all ``B·S``. For a loss that needs both these and the class logits, call
-    this once and index the verbalizer ids yourself.
+    Calling them apart lets a caller put only the positions it reads through
+    the head, without ``logits_to_keep``, whose meaning changed across
+    transformers releases (before 5.21 a ``(B, 1)`` tensor did not select one
+    position per row). Models whose logits are not ``head(h)`` (soft-capped or
+    scaled, e.g. Gemma 2, Cohere) are refused rather than scored wrongly.
     """
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=position_ids_from_mask(batch["attention_mask"]),
-        logits_to_keep=batch["answer_index"][:, None],  # (B, 1): one position per row
-        use_cache=False,
-    )
-    return out.logits[:, 0].float()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        raise ValueError(f"{type(base).__name__}: logits that are not lm_head(hidden) (soft-capping or a logit "
+                         "scale) are not supported; use a Llama-style causal LM (SmolLM2, Llama, Qwen2, Mistral)")
+    return base.get_decoder(), base.get_output_embeddings()
 
 
-def sequence_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, S, V)`` float32 logits at every position; position t predicts token t+1.
-    Left or right padding give the same logits at the real tokens."""
-    out = model(
+def last_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, S, H)`` hidden states after the final norm, position ids counted over real tokens."""
+    body, _ = _body_and_head(model)
+    out = body(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     )
-    return out.logits.float()
+    return out.last_hidden_state
+
+
+def lm_head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """``(..., V)`` float32 logits of hidden states ``(..., H)``."""
+    _, head = _body_and_head(model)
+    return head(hidden).float()
+
+
+def answer_token_logits(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, V)`` float32 full-vocabulary logits at each row's answer position
+    ``batch["answer_index"]``.
+
+    Only those B hidden states ``(B, H)`` go through the LM head, not all
+    ``B·S``. For a loss that needs both these and the class logits, call this
+    once and index the verbalizer ids yourself.
+    """
+    hidden = last_hidden_states(model, batch["input_ids"], batch["attention_mask"])  # (B, S, H)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return lm_head_logits(model, hidden[rows, batch["answer_index"]])
+
+
+def sequence_logits(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, columns: slice = slice(None)
+) -> torch.Tensor:
+    """``(B, S', V)`` float32 logits at the positions ``columns`` of ``(B, S)``
+    inputs (default: all, S' = S); position t predicts token t+1. Only those
+    columns' hidden states go through the LM head (for a 49k vocabulary, the
+    head's output is by far the largest activation). Left or right padding
+    give the same logits at the real tokens."""
+    hidden = last_hidden_states(model, input_ids, attention_mask)  # (B, S, H)
+    return lm_head_logits(model, hidden[:, columns])
 
 
 def check_same_vocabulary(student_tokenizer, teacher_tokenizer) -> None:
@@ -431,8 +465,8 @@ def sample_continuations(
 
     # transformers 5.24 renamed past_key_values to cache (input and output); older releases,
     # like the GPU image's 5.17, only know past_key_values.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache_name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    body, _ = _body_and_head(model)
+    cache_name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
     was_training = model.training
     model.eval()
     try:
@@ -440,15 +474,14 @@ def sample_continuations(
         done = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         new = []
         for _ in range(max_new_tokens):
-            out = model(
+            out = body(
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=step_pos,
                 use_cache=True,
-                logits_to_keep=1,
                 **{cache_name: cache},
             )
-            cache, logits = getattr(out, cache_name), out.logits[:, -1].float()
+            cache, logits = getattr(out, cache_name), lm_head_logits(model, out.last_hidden_state[:, -1])
             if temperature > 0:
                 token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)[:, 0]
             else:

@@ -38,7 +38,8 @@ from torch.ao.quantization import quantize_dynamic
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from kd.inference import predict_logits, resolve_device, synchronize
-from models.paths import NO_REMOTE_CODE, check_tokenizer, resolve_model_path
+from models.generative import META_FILE as GENERATIVE_META
+from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, resolve_model_path
 
 Precision = Literal["fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -186,6 +187,13 @@ def load_classifier(
     re-quantize from). ``device=None``: CUDA if available, else CPU.
     """
     path = resolve_model_path(str(path))
+    if (Path(path) / GENERATIVE_META).is_file():  # as a sequence classifier it would get a random head
+        raise ModelFolderError(
+            f"{path} holds a generative classifier from the QLoRA recipe ({GENERATIVE_META}: adapters or a merged "
+            "causal LM), which scores a URL through its prompt, not as a sequence classifier; score it with "
+            "models.generative.class_probabilities (model from load_adapters, or AutoModelForCausalLM for a merged "
+            "folder, with read_prompt_format(folder))"
+        )
     device = resolve_device(device)
     saved = saved_precision(path)
     precision = saved if precision is None else precision

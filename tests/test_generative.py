@@ -22,6 +22,7 @@ from models.generative import (
     load_qlora_student,
     load_tokenizer,
     materialize_gguf,
+    position_ids_from_mask,
     read_prompt_format,
     resolve_causal_lm,
     sample_continuations,
@@ -64,6 +65,8 @@ def tokenizer():
         pytest.skip(str(err))
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok.padding_side = "right"
+    if tok.pad_token is None:  # as load_tokenizer does: transformers 5.17 reads no pad token from the GGUF
+        tok.pad_token = tok.eos_token
     return tok
 
 
@@ -155,6 +158,30 @@ def test_right_padded_batch_matches_single_example_forwards(tiny_dir, tokenizer,
             single = tokenizer(PromptFormat().build_prompt(url), return_tensors="pt")
             alone = model(**single).logits[0, -1, ids]
             torch.testing.assert_close(batched[b], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_answer_logits_do_not_rely_on_logits_to_keep(tiny_dir, batch, monkeypatch):
+    """transformers before 5.21 (the GPU image has 5.17) does not select one
+    position per row for a ``(B, 1)`` ``logits_to_keep`` tensor: here its
+    forward ignores the argument and returns every position, as those did."""
+    from transformers import LlamaForCausalLM
+
+    model, _ = load_causal_lm(str(tiny_dir), quantize="none", device="cpu")
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    expected = full[torch.arange(len(URLS)), batch["answer_index"]]  # (B, V)
+
+    forward = LlamaForCausalLM.forward
+
+    def forward_before_5_21(self, *args, logits_to_keep=0, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", forward_before_5_21)
+    with torch.no_grad():
+        torch.testing.assert_close(answer_token_logits(model, batch), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sequence_logits(model, batch["input_ids"], mask, slice(2, 5)), full[:, 2:5],
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_sequence_logits_do_not_depend_on_the_padding_side(tiny_dir, batch):

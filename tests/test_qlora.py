@@ -24,7 +24,7 @@ from kd.qlora import (
     per_example_token_sum,
     qlora_loss,
 )
-from losses import build_objective
+from losses import ModelOutputs, build_objective
 from models.generative import (
     PromptFormat,
     VerbalizerClassifier,
@@ -33,6 +33,7 @@ from models.generative import (
     class_probabilities,
     load_adapters,
     load_qlora_student,
+    position_ids_from_mask,
     sample_continuations,
     sequence_logits,
     tokenize_prompts,
@@ -204,6 +205,66 @@ def test_on_policy_token_level_divergence_on_the_students_own_continuations(tiny
         # The class-level term reads the answer position of the sampled sequence: the same logits as a plain forward.
         ce = F.cross_entropy(student(batch["input_ids"], batch["attention_mask"]).logits, batch["labels"], reduction="sum")
     torch.testing.assert_close(loss.detach(), ce + token_part, atol=1e-4, rtol=1e-4)
+
+
+def full_logits(model, ids, mask) -> torch.Tensor:
+    """``(B, S, V)`` float32 logits of a plain forward at every position (what on-policy KL used to materialise)."""
+    return model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False).logits.float()
+
+
+def test_on_policy_loss_equals_the_full_logits_computation_in_value_and_gradient(
+        tiny_dir, data, tokenizer, teacher_logits, gen_teacher):  # noqa: F811
+    objective, token = build_objective("ce:0.5,fkl:0.5@T=2"), build_objective("rkl@T=2,fkl:0.5")
+    batch = collate(data, np.arange(6))
+    loss_fn = qlora_loss(objective, teacher_logits=teacher_logits, token_objective=token, generative_teacher=gen_teacher,
+                         tokenizer=tokenizer, on_policy=True, max_new_tokens=4, temperature=0.0)
+    student = make_student(tiny_dir)
+    loss = loss_fn(student, batch)
+    loss.backward()
+
+    # The same loss from full (B, S + T, V) logits, written out (greedy sampling is deterministic).
+    reference = make_student(tiny_dir)
+    prompt = answer_batch(batch["input_ids"], batch["attention_mask"])
+    sampled = sample_continuations(reference.lm, tokenizer, prompt, max_new_tokens=4, temperature=0.0)
+    s = full_logits(reference.lm, sampled["input_ids"], sampled["attention_mask"])
+    with torch.no_grad():
+        t = full_logits(gen_teacher, sampled["input_ids"], sampled["attention_mask"])
+    answer = s[:, batch["input_ids"].shape[1] - 1, reference.token_ids]
+    class_part = objective(ModelOutputs(answer), ModelOutputs(teacher_logits[batch["index"]]), labels=batch["labels"])[0]
+    expected = class_part + per_example_token_sum(token, s, t, sampled["loss_mask"])
+    expected.backward()
+    torch.testing.assert_close(loss.detach(), expected.detach(), atol=1e-5, rtol=1e-5)
+    ours, theirs = lora_grads(student), lora_grads(reference)
+    assert ours.keys() == theirs.keys() and ours
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-6, rtol=1e-4)
+
+
+def test_on_policy_loss_puts_only_the_sampled_positions_through_the_lm_head(tiny_dir, data, tokenizer, gen_teacher):  # noqa: F811
+    """Full (B, S + T, V) float32 logits of student and teacher took ≈3 GB at batch 16 with a 49k
+    vocabulary; the loss reads only the T positions that predict sampled tokens (the first is the answer)."""
+    batch = collate(data, np.arange(6))
+    loss_fn = qlora_loss(build_objective("ce"), token_objective=build_objective("rkl"), generative_teacher=gen_teacher,
+                         tokenizer=tokenizer, on_policy=True, max_new_tokens=3, temperature=0.0)
+    student = make_student(tiny_dir)
+    prompt = answer_batch(batch["input_ids"], batch["attention_mask"])
+    B, S = batch["input_ids"].shape
+    T = sample_continuations(student.lm, tokenizer, prompt, max_new_tokens=3, temperature=0.0)["input_ids"].shape[1] - S
+    rows = {"student": 0, "teacher": 0}
+
+    def counter(who):
+        def hook(module, inputs, output):
+            rows[who] += inputs[0].shape[:-1].numel()
+        return hook
+
+    hooks = [student.lm.get_base_model().get_output_embeddings().register_forward_hook(counter("student")),
+             gen_teacher.get_output_embeddings().register_forward_hook(counter("teacher"))]
+    try:
+        loss_fn(student, batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert rows == {"student": B * T + B * T, "teacher": B * T}  # sampling (one row per step), then the loss
 
 
 def test_a_generative_teacher_with_another_vocabulary_is_an_error(tmp_path, tokenizer):  # noqa: F811
