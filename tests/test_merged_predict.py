@@ -3,6 +3,7 @@ generative classifier: ``kd.predict``'s loader refuses it rather than loading th
 causal LM as a sequence classifier with a random head."""
 import pytest
 
+from kd.errors import run_cli
 from kd.predict import main as predict_main
 from models.merge_adapters import main as merge_cli
 from models.quantized import load_classifier
@@ -18,9 +19,8 @@ def merged_dir(trained, tmp_path_factory):  # noqa: F811
 
 
 def test_predict_refuses_a_merged_qlora_folder(merged_dir, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        predict_main(["--model", str(merged_dir), "--device", "cpu", "paypal.com.verify-account.tk/login"])
-    assert exit_info.value.code == 2
+    status = run_cli(predict_main, ["--model", str(merged_dir), "--device", "cpu", "paypal.com.verify-account.tk/login"])
+    assert status == 2
     err = capsys.readouterr().err
     assert "generative classifier from the QLoRA recipe" in err and "class_probabilities" in err
 
