@@ -36,25 +36,23 @@ from pathlib import Path
 import torch
 
 from kd.argtypes import positive_int, token_length
-from kd.batching import tokenize
-from kd.checkpoint import write_json
-from kd.classifier import final_evaluation
-from kd.data import build_splits
+from kd.data.batching import tokenize
+from kd.data.splits import build_splits
 from kd.errors import UsageError, run_cli, usage_errors
-from kd.evaluate import add_data_arguments, data_config_for
-from kd.inference import saved_scoring
-from kd.runinfo import device_description, library_versions
-from models.paths import resolve_model_path
-from models.quantized import (
-    QUANTIZED_PRECISIONS,
-    load_classifier,
+from kd.eval.measure import (
     measure_latency,
     measure_throughput,
     memory_footprint_bytes,
     parameter_count,
-    save_quantized,
     size_on_disk_bytes,
 )
+from kd.eval.report import markdown_table
+from kd.eval.scoring import final_evaluation, saved_scoring
+from kd.evaluate import add_data_arguments, data_config_for
+from kd.train.checkpoint import write_json
+from kd.train.runinfo import device_description, library_versions
+from models.paths import resolve_model_path
+from models.quantized import QUANTIZED_PRECISIONS, load_classifier, save_quantized
 
 TEACHER_PRECISIONS = ("fp32", "bf16")
 STUDENT_BASE_PRECISIONS = ("fp32", "bf16")
@@ -127,18 +125,17 @@ def add_relative_sizes(rows: list[dict]) -> None:
         row["percent_smaller_disk"] = 100 * (1 - row["disk_bytes"] / reference["disk_bytes"])
 
 
-def markdown_table(rows: list[dict]) -> str:
-    head = ("| model | precision | params (M) | disk (MB) | memory (MB) | accuracy | F1 | ROC-AUC | TPR@1%FPR "
-            "| latency b1 (ms) | throughput b256 (URL/s) | % smaller (memory) | % smaller (disk) |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['role']} | {r['precision']} | {r['parameters'] / 1e6:.2f} | {r['disk_bytes'] / 1e6:.1f} "
-            f"| {r['memory_bytes'] / 1e6:.1f} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['roc_auc']:.4f} "
-            f"| {r['tpr_at_1pct_fpr']:.4f} | {r['latency_ms_batch1']:.2f} | {r['throughput_urls_per_s_batch256']:.0f} "
-            f"| {r['percent_smaller_memory']:.1f} | {r['percent_smaller_disk']:.1f} |"
-        )
-    return "\n".join(lines)
+def report_table(rows: list[dict]) -> str:
+    """The Markdown table of report.md: one row per variant."""
+    columns = ("model", "precision", "params (M)", "disk (MB)", "memory (MB)", "accuracy", "F1", "ROC-AUC", "TPR@1%FPR",
+               "latency b1 (ms)", "throughput b256 (URL/s)", "% smaller (memory)", "% smaller (disk)")
+    return markdown_table(columns, [
+        [r["role"], r["precision"], f"{r['parameters'] / 1e6:.2f}", f"{r['disk_bytes'] / 1e6:.1f}",
+         f"{r['memory_bytes'] / 1e6:.1f}", f"{r['accuracy']:.4f}", f"{r['f1']:.4f}", f"{r['roc_auc']:.4f}",
+         f"{r['tpr_at_1pct_fpr']:.4f}", f"{r['latency_ms_batch1']:.2f}", f"{r['throughput_urls_per_s_batch256']:.0f}",
+         f"{r['percent_smaller_memory']:.1f}", f"{r['percent_smaller_disk']:.1f}"]
+        for r in rows
+    ])
 
 
 def save_scatter(rows: list[dict], path: Path) -> None:
@@ -218,7 +215,7 @@ def main(argv=None) -> dict:
               "minutes": (time.time() - started) / 60, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
-    table = markdown_table(rows)
+    table = report_table(rows)
     (out / "report.md").write_text(f"Quantization report on {report['device']} (test split, threshold from validation)\n\n{table}\n")
     save_scatter(rows, out / "size_vs_f1.png")
     print(f"\n{table}\n\nwrote {out / 'report.json'}, {out / 'report.md'} and {out / 'size_vs_f1.png'} "

@@ -9,7 +9,7 @@ instead. Anything else is a bug and keeps its traceback (status 1).
 What counts as the user's mistake, exactly:
 
 - :class:`UsageError`, raised where the project checks its input;
-- :class:`kd.sources.DataError`: a data source that cannot be read or used;
+- :class:`kd.data.sources.DataError`: a data source that cannot be read or used;
 - :class:`models.paths.ModelFolderError`: no such model folder, custom code,
   a tokenizer that does not fit its model;
 - any ``ValueError`` / ``FileNotFoundError`` raised while the configuration
@@ -18,12 +18,13 @@ What counts as the user's mistake, exactly:
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from kd.sources import DataError
+from kd.data.sources import DataError
 from models.paths import ModelFolderError
 
 USAGE_STATUS = 2
@@ -69,3 +70,11 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
         print(f"{prog}: error: {message} (rerun with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
         return USAGE_STATUS
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def recipe_environment() -> dict[str, str]:
+    """The environment for running a recipe (``python -m train_student``) as a
+    process of its own: this repository first on ``PYTHONPATH``, so that the
+    process imports the same code as the tool that starts it."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
