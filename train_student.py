@@ -45,8 +45,8 @@ from kd.data.splits import Examples, build_splits
 from kd.errors import run_cli, usage_errors
 from kd.eval.measure import parameter_count
 from kd.eval.scoring import make_validator
-from kd.train.checkpoint import write_json
-from kd.train.distributed import DistInfo, barrier, default_device, init_distributed
+from kd.eval.report import write_json
+from kd.train.distributed import DistInfo, barrier, default_device
 from kd.train.generative import (
     QLoRARunConfig,
     build_objectives,
@@ -57,7 +57,7 @@ from kd.train.generative import (
 )
 from kd.train.loop import autocast_dtype, train
 from kd.train.loss_fns import distillation_loss, qlora_loss
-from kd.train.run import finish_run, make_saver, run_info, set_seed, start_run
+from kd.train.run import finish_run, make_saver, run_info, set_seed, setup_process, start_run
 from kd.train.runinfo import claim_run_folder, resolved_config
 from kd.train.student import (
     StudentRunConfig,
@@ -78,10 +78,7 @@ from models.verbalizer import VerbalizerClassifier
 def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
     """Distill the encoder teacher into the encoder student of ``cfg``; returns (and writes) ``results.json``."""
     started = time.time()
-    dist_info = init_distributed()
-    device = default_device(dist_info)
-    set_seed(cfg.train.seed)
-    log = print if dist_info.is_main else (lambda *a, **k: None)
+    dist_info, device, log = setup_process(cfg.train.seed)
     out_dir = Path(cfg.out_dir)
     amp = autocast_dtype(cfg.train.precision, device)
 

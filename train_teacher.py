@@ -22,10 +22,10 @@ from kd.errors import run_cli, usage_errors
 from kd.eval.measure import parameter_count
 from kd.eval.scoring import make_validator
 from kd.train.config import RunConfig
-from kd.train.distributed import barrier, default_device, init_distributed
+from kd.train.distributed import barrier
 from kd.train.loop import autocast_dtype, train
 from kd.train.loss_fns import cross_entropy_sum
-from kd.train.run import finish_run, make_saver, run_info, set_seed, start_run
+from kd.train.run import finish_run, make_saver, run_info, setup_process, start_run
 from kd.train.runinfo import claim_run_folder, resolved_config
 from models.encoder import build_classifier, load_tokenizer
 from models.paths import resolve_model_path
@@ -34,10 +34,7 @@ from models.paths import resolve_model_path
 def run(cfg: RunConfig, resume: bool = False, on_step=None) -> dict:
     """Fine-tune the teacher of ``cfg``; returns (and writes) ``results.json``."""
     started = time.time()
-    dist_info = init_distributed()
-    device = default_device(dist_info)
-    set_seed(cfg.train.seed)
-    log = print if dist_info.is_main else (lambda *a, **k: None)
+    dist_info, device, log = setup_process(cfg.train.seed)
     out_dir = Path(cfg.out_dir)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     splits, tokenized = prepare_data(cfg.data, tokenizer, cfg.model.max_length, log)

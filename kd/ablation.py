@@ -36,7 +36,6 @@ import argparse
 import csv
 import json
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from kd.errors import UsageError, recipe_environment, run_cli, usage_errors
+from kd.cli import run_recipe
+from kd.errors import UsageError, run_cli, usage_errors
 from kd.eval.measure import measure_latency
 from kd.eval.report import markdown_table, write_csv
 from kd.train.config import load_config, save_config
@@ -177,10 +177,7 @@ def run_student(cfg, config_file: Path, resume: bool) -> None:
     train_student --config FILE`` as the user would run it, in a process of its own."""
     config_file.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, config_file)
-    command = [sys.executable, "-m", "train_student", "--config", str(config_file), *(["--resume"] if resume else [])]
-    status = subprocess.run(command, env=recipe_environment()).returncode
-    if status:
-        raise UsageError(f"train_student.py stopped with status {status} on {cfg.out_dir} (its error is above)")
+    run_recipe("train_student", ["--config", str(config_file), *(["--resume"] if resume else [])])
 
 
 def parse_shard(text: str) -> tuple[int, int]:

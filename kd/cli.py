@@ -1,9 +1,15 @@
-"""The options every training recipe takes, and the config they build."""
+"""The options every training recipe takes, the config they build, and running a
+recipe as a process of its own (as kd.demo and kd.ablation do)."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from kd.data.sources import SourceSpec
+from kd.errors import UsageError
 from kd.train.config import RunConfig, load_config
 
 
@@ -37,3 +43,15 @@ def config_from_args(args, cls=RunConfig):
     if args.source:
         cfg.data.sources = [SourceSpec.parse(s).__dict__ for s in args.source]
     return cfg
+
+
+def run_recipe(module: str, argv: list[str]) -> None:
+    """``python -m MODULE ARGV`` (a recipe, e.g. ``train_student``) as a user would run it,
+    in a process of its own that imports this repository's code (it goes first on
+    ``PYTHONPATH``); ``UsageError`` if it fails (its own message is above)."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    sys.stdout.flush()  # what this process printed comes before the recipe's output
+    status = subprocess.run([sys.executable, "-m", module, *argv], env=env).returncode
+    if status:
+        raise UsageError(f"python -m {module} stopped with status {status} (its error is above)")

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from kd.data.paths import HUB_DATASET, default_data_dir
 from kd.data.splits import build_splits
-from kd.errors import UsageError, recipe_environment, run_cli, usage_errors
+from kd.cli import run_recipe
+from kd.errors import run_cli, usage_errors
 from kd.eval.baseline import tfidf_baseline
 from kd.eval.report import format_table
-from kd.train.checkpoint import write_json
+from kd.eval.report import write_json
 from kd.train.config import RunConfig, load_config
 from kd.train.runinfo import device_description
 
@@ -43,12 +43,12 @@ def main(argv=None) -> None:
         overrides += [f"data.sources=[hf:{HUB_DATASET}]", "data.test_sets={}"]
         cfg = load_config(RunConfig, args.config, overrides)
     # The recipe as the user runs it, in a process of its own; its results.json is the teacher's.
-    command = [sys.executable, "-m", "train_teacher", "--config", args.config, *(f"--set={o}" for o in overrides)]
-    status = subprocess.run(command, env=recipe_environment()).returncode
-    if status:
-        raise UsageError(f"train_teacher.py stopped with status {status} (its error is above)")
+    run_recipe("train_teacher", ["--config", args.config, *(f"--set={o}" for o in overrides)])
     teacher = json.loads((Path(cfg.out_dir) / "results.json").read_text())
-    baseline = tfidf_baseline(build_splits(cfg.data))
+    splits = build_splits(cfg.data)
+    # results.json stores its keys sorted: list the sets in the splits' order, as training printed them.
+    teacher["sets"] = {name: teacher["sets"][name] for name in splits.all_sets() if name in teacher["sets"]}
+    baseline = tfidf_baseline(splits)
     minutes = (time.time() - started) / 60
     summary = {"teacher": teacher, "baseline_tfidf_logreg": baseline, "minutes": minutes, "device": device_description()}
     write_json(Path(args.out) / "demo_results.json", summary)

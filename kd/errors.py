@@ -18,7 +18,6 @@ What counts as the user's mistake, exactly:
 """
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -70,11 +69,3 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
         print(f"{prog}: error: {message} (rerun with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
         return USAGE_STATUS
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
-
-
-def recipe_environment() -> dict[str, str]:
-    """The environment for running a recipe (``python -m train_student``) as a
-    process of its own: this repository first on ``PYTHONPATH``, so that the
-    process imports the same code as the tool that starts it."""
-    root = str(Path(__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}

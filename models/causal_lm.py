@@ -38,7 +38,7 @@ def load_causal_lm(
     """``(model, tokenizer)`` of a causal LM, frozen as loaded (no adapters).
 
     ``quantize="nf4"``: linear layers in 4-bit NF4 with double quantization
-    (the quantization constants quantized too, ≈0.4 bit/parameter saved);
+    (the quantization constants quantized too);
     matmuls run in the compute dtype, bf16 on CUDA and float32 on CPU (where
     bitsandbytes has no fast bf16 path). Embeddings, norms and the LM head stay
     in that dtype. ``quantize="none"``: every weight in ``dtype``.
@@ -73,16 +73,15 @@ def load_causal_lm(
 
 
 def _keep_trainable_4bit_layout(model) -> None:
-    """Stop bitsandbytes (0.50) from repacking 4-bit weights for CPU inference.
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
 
     On CPUs with AVX512-BF16, a ``Linear4bit`` that runs once in eval mode on
     an input without grad rewrites its weight, for good, into an inference
     layout (absmax in bf16) whose matmul has no backward: training after an
     evaluation then gets silently wrong LoRA gradients, and the rounding
-    changes predictions (by ≈0.01 in probability). Keeping the one layout
-    halves CPU inference speed on such machines (SmolLM2-135M, 64 URLs, one
-    thread: 13 s instead of 7 s) and keeps training, evaluation and reloading
-    consistent.
+    changes predictions. Keeping the one layout costs CPU inference speed and
+    keeps training, evaluation and reloading consistent (the versions and
+    the measurements: benchmarks/notes.md).
     """
     import bitsandbytes as bnb
 

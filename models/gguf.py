@@ -27,7 +27,7 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     (its config still says ``quant_method: gguf``), so a plain model is rebuilt
     from the config and given the dequantized state dict. Float32 keeps the
     dequantized values exactly (Q4_1 values ``d·q + m`` need more mantissa bits
-    than fp16/bf16 have). SmolLM2-135M Q4_1: ≈20 s on 2 CPU cores, 513 MiB.
+    than fp16/bf16 have).
 
     The folder is written under a temporary name and renamed into place, so a
     crashed or concurrent call never leaves a half-written folder behind.

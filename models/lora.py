@@ -60,9 +60,9 @@ def load_qlora_student(
     ``quantize="none"``), frozen, with LoRA adapters ``W + (α/r)·B·A`` on
     ``target_modules`` (default ``LORA_TARGETS``); only A and B train.
 
-    Gradient checkpointing is off by default: URL prompts are short (≈40
-    tokens), so activations are small next to the weights and recomputing
-    them would only cost time; turn it on for long prompts or large bases.
+    Gradient checkpointing is off by default: URL prompts are short, so
+    activations are small next to the weights and recomputing them would only
+    cost time; turn it on for long prompts or large bases.
     """
     from peft import LoraConfig, get_peft_model
 

@@ -155,7 +155,7 @@ def _load_bnb(path: str, precision: Precision, device: torch.device, pre_quantiz
         **NO_REMOTE_CODE,
         **({} if pre_quantized else {"quantization_config": bnb_config(precision, device)}),
     )
-    # A folder quantized on CUDA stores compute dtype bf16; on CPU that is ~10x slower.
+    # A folder quantized on CUDA stores compute dtype bf16, which is much slower than float32 on CPU.
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.compute_dtype = compute_dtype
@@ -226,11 +226,11 @@ def save_quantized(model, tokenizer, out_dir: str | Path, precision: Precision |
     - dynamic-int8: torch's quantized tensors have no safetensors form and
       this project never unpickles, so the folder holds the float32 weights
       the model was quantized from (re-read from ``model.name_or_path``) and
-      :data:`DYNAMIC_INT8_MARKER`; quantizing on load is deterministic and
-      takes well under a second. Its size on disk is therefore fp32's.
+      :data:`DYNAMIC_INT8_MARKER`; quantizing on load is deterministic.
+      Its size on disk is therefore fp32's.
 
     A 4-bit model must be saved before its first forward on CPU: on a CPU with
-    AVX512-BF16, bitsandbytes 0.50 then repacks the weights for its CPU kernel
+    AVX512-BF16, bitsandbytes then repacks the weights for its CPU kernel
     (absmax de-nested, transposed, in bf16), and the inverse that runs on save
     re-quantizes the absmax (nf4: outputs shift) or leaves it transposed
     (fp4, no double quantization: the model is corrupted, in memory and on disk).

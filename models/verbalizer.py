@@ -77,8 +77,7 @@ def body_and_head(model):
 
     Calling them apart lets a caller put only the positions it reads through
     the head, without ``logits_to_keep``, whose meaning changed across
-    transformers releases (before 5.21 a ``(B, 1)`` tensor did not select one
-    position per row). Models whose logits are not ``head(h)`` (soft-capped or
+    transformers releases (benchmarks/notes.md). Models whose logits are not ``head(h)`` (soft-capped or
     scaled, e.g. Gemma 2, Cohere) are refused rather than scored wrongly.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -145,7 +145,7 @@ def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_te
 def test_augmented_transfer_set_is_unlabelled_and_holds_no_url_of_the_splits():
     import train_student
     from kd.train.config import load_config
-    from kd.data.splits import DataConfig, DataReport, DataSplits
+    from kd.data.splits import DataReport, DataSplits
 
     train = Examples(["a.com/x/y", "b.org/p?q=1&r=2", "c.net", "d.io/login/verify"], [0, 1, 0, 1])
     held_out = Examples(["a.com/y", "c.net/p?q=1&r=2"], [0, 1])  # copies the augmentation would make

@@ -1,6 +1,6 @@
 """Tokenised URL sets and length-bucketed batches with per-batch padding.
 
-URLs are short (median ~17 WordPiece tokens, a long tail past 128), so padding
+URLs are short, with a long tail (lengths: benchmarks/notes.md), so padding
 every batch to ``max_length`` would spend most of the compute on padding.
 Batches are drawn from length-sorted "mega-batches" of shuffled examples and
 padded only to their own longest member.

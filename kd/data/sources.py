@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from models.encoder import LABEL_NAMES
-
 LEGITIMATE, PHISHING = 0, 1
 
 LABEL_VALUES = {

@@ -5,7 +5,6 @@ where they become numpy, for the metrics."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -1,8 +1,10 @@
-"""Report tables, one writer each: the fixed-width metrics table printed after a
-run, Markdown tables and CSV files."""
+"""Report writers, one each: the fixed-width metrics table printed after a run,
+Markdown tables, CSV files and JSON files."""
 from __future__ import annotations
 
 import csv
+import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -37,3 +39,11 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_json(path: Path, payload) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)

@@ -27,7 +27,7 @@ import torch
 
 from kd.data.prompts import DEFAULT_TEMPLATE, PromptFormat
 from kd.data.splits import DataConfig, DataSplits, _sample, build_splits
-from kd.train.checkpoint import write_json
+from kd.eval.report import write_json
 from kd.train.config import ModelConfig
 from kd.train.loop import TrainConfig
 from losses import TERMS, DistillationObjective, build_objective

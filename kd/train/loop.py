@@ -42,8 +42,8 @@ from kd.train.checkpoint import (
     prune_checkpoints,
     save_trainer_state,
     write_checkpoint,
-    write_json,
 )
+from kd.eval.report import write_json
 from kd.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters
 from kd.eval.metrics import SELECTION_METRICS
 

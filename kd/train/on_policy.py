@@ -49,8 +49,8 @@ def sample_continuations(
     mask = batch["attention_mask"].gather(1, order)
     prompt_len = prompt_ids.shape[1]
 
-    # transformers 5.24 renamed past_key_values to cache (input and output); older releases,
-    # like the GPU image's 5.17, only know past_key_values.
+    # Newer transformers name the decoder's KV cache "cache", older ones "past_key_values"
+    # (the releases: benchmarks/notes.md).
     body, _ = body_and_head(model)
     cache_name = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
     was_training = model.training

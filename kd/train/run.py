@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,19 @@ import torch
 from kd.data.splits import DataSplits, write_split_file
 from kd.eval.report import format_table
 from kd.eval.scoring import final_evaluation, scoring_precision_name
-from kd.train.checkpoint import write_json
+from kd.eval.report import write_json
 from kd.train.config import save_config
+from kd.train.distributed import DistInfo, default_device, init_distributed
 from kd.train.runinfo import device_description, git_commit, library_versions
+
+
+def setup_process(seed: int) -> tuple[DistInfo, torch.device, Callable[..., None]]:
+    """Join the process group (under torchrun), pick this rank's device and seed
+    every generator; ``log`` prints on rank 0 only."""
+    dist_info = init_distributed()
+    set_seed(seed)
+    log = print if dist_info.is_main else (lambda *a, **k: None)
+    return dist_info, default_device(dist_info), log
 
 
 def run_info(cfg, splits: DataSplits, extra: dict | None = None) -> dict:
