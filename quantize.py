@@ -27,8 +27,6 @@ then uses. Writes OUT/report.json, OUT/report.md and OUT/size_vs_f1.png.
 from __future__ import annotations
 
 import argparse
-import gc
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,132 +34,24 @@ from pathlib import Path
 import torch
 
 from kd.argtypes import positive_int, token_length
-from kd.batching import tokenize
-from kd.checkpoint import write_json
-from kd.classifier import final_evaluation
-from kd.data import build_splits
+from kd.data.splits import build_splits
 from kd.errors import UsageError, run_cli, usage_errors
-from kd.evaluate import add_data_arguments, data_config_for
-from kd.inference import saved_scoring
-from kd.runinfo import device_description, library_versions
-from models.paths import resolve_model_path
-from models.quantized import (
-    QUANTIZED_PRECISIONS,
-    load_classifier,
-    measure_latency,
-    measure_throughput,
-    memory_footprint_bytes,
-    parameter_count,
-    save_quantized,
-    size_on_disk_bytes,
+from kd.eval.variants import (
+    STUDENT_BASE_PRECISIONS,
+    TEACHER_PRECISIONS,
+    add_relative_sizes,
+    default_quantized_precisions,
+    report_table,
+    save_scatter,
+    save_variant,
+    score_variant,
+    variant_scoring_precision,
 )
-
-TEACHER_PRECISIONS = ("fp32", "bf16")
-STUDENT_BASE_PRECISIONS = ("fp32", "bf16")
-REPORT_METRICS = ("accuracy", "f1", "roc_auc", "tpr_at_1pct_fpr")
-
-
-def default_quantized_precisions(device: torch.device) -> list[str]:
-    """bitsandbytes NF4, FP4 and LLM.int8 everywhere; torch dynamic int8 on CPU only."""
-    return [p for p in QUANTIZED_PRECISIONS if p != "dynamic-int8" or device.type == "cpu"]
-
-
-def save_variant(source: Path, precision: str, folder: Path, device: torch.device) -> int:
-    """Load ``source`` in ``precision`` and save it to ``folder`` before any forward
-    (bitsandbytes repacks 4-bit weights on the first CPU forward; see save_quantized).
-    Returns the bytes saved (weights, config, tokenizer)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    model, tokenizer = load_classifier(source, precision, device)
-    save_quantized(model, tokenizer, folder, precision)
-    del model
-    gc.collect()
-    return size_on_disk_bytes(folder)
-
-
-def variant_scoring_precision(source: Path, precision: str) -> str:
-    """The precision a variant is scored in: the fp32 variant in its source
-    model's recorded one (``scoring_precision`` in its metrics.json, e.g. bf16
-    when it was trained and evaluated under bf16 autocast), so that it keeps the
-    source's threshold and verdicts; every other variant in its own precision."""
-    if precision == "fp32":
-        return saved_scoring(source)[1]
-    return precision
-
-
-def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[str], device: torch.device,
-                  args) -> dict:
-    """Reload a saved variant and measure it: memory, accuracy, latency, throughput.
-    Its threshold, scoring precision and metrics go to ``folder/metrics.json``
-    (read by kd.predict and kd.evaluate), its ROC curves to ``folder/roc.png``."""
-    model, tokenizer = load_classifier(folder, device=device)
-    sets = splits.all_sets()
-    tokenized = {name: tokenize(sets[name], tokenizer, args.max_length) for name in set_names}
-    evaluation = final_evaluation(model, tokenized, args.batch_size, scoring_precision, folder)
-    write_json(folder / "metrics.json", evaluation)
-    threshold, sets = evaluation["threshold"], evaluation["sets"]
-    test_urls = splits.test.urls
-    row = {
-        "parameters": parameter_count(model),
-        # After the forwards above: on CPU bitsandbytes has swapped in its runtime layout.
-        "memory_bytes": memory_footprint_bytes(model),
-        "threshold": threshold,
-        "scoring_precision": scoring_precision,
-        **{m: sets["test"][m] for m in REPORT_METRICS},
-        "latency_ms_batch1": measure_latency(model, tokenizer, test_urls, batch_size=1, repeats=args.latency_repeats,
-                                             max_length=args.max_length),
-        "throughput_urls_per_s_batch256": measure_throughput(
-            model, tokenizer, test_urls[: args.throughput_urls], batch_size=256, max_length=args.max_length),
-        "sets": sets,
-    }
-    del model
-    gc.collect()
-    return row
-
-
-def add_relative_sizes(rows: list[dict]) -> None:
-    """``percent_smaller_*`` of every row against the fp32 teacher (or the first row)."""
-    reference = next((r for r in rows if r["role"] == "teacher" and r["precision"] == "fp32"), rows[0])
-    for row in rows:
-        row["percent_smaller_memory"] = 100 * (1 - row["memory_bytes"] / reference["memory_bytes"])
-        row["percent_smaller_disk"] = 100 * (1 - row["disk_bytes"] / reference["disk_bytes"])
-
-
-def markdown_table(rows: list[dict]) -> str:
-    head = ("| model | precision | params (M) | disk (MB) | memory (MB) | accuracy | F1 | ROC-AUC | TPR@1%FPR "
-            "| latency b1 (ms) | throughput b256 (URL/s) | % smaller (memory) | % smaller (disk) |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['role']} | {r['precision']} | {r['parameters'] / 1e6:.2f} | {r['disk_bytes'] / 1e6:.1f} "
-            f"| {r['memory_bytes'] / 1e6:.1f} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['roc_auc']:.4f} "
-            f"| {r['tpr_at_1pct_fpr']:.4f} | {r['latency_ms_batch1']:.2f} | {r['throughput_urls_per_s_batch256']:.0f} "
-            f"| {r['percent_smaller_memory']:.1f} | {r['percent_smaller_disk']:.1f} |"
-        )
-    return "\n".join(lines)
-
-
-def save_scatter(rows: list[dict], path: Path) -> None:
-    """Memory footprint (MB, log scale) against test F1, one labelled point per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in rows:
-        marker = "s" if r["role"] == "teacher" else "o"
-        ax.scatter(r["memory_bytes"] / 1e6, r["f1"], marker=marker, s=40)
-        ax.annotate(f"{r['role']} {r['precision']}", (r["memory_bytes"] / 1e6, r["f1"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("in-memory footprint (MB, log scale)")
-    ax.set_ylabel("test F1")
-    ax.set_title("size vs F1")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+from kd.evaluate import add_data_arguments, data_config_for
+from kd.eval.report import write_json
+from kd.train.runinfo import device_description, library_versions
+from models.paths import resolve_model_path
+from models.quantized import QUANTIZED_PRECISIONS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -209,8 +99,9 @@ def main(argv=None) -> dict:
         folder = out / f"{role}-{precision}"
         disk_bytes = save_variant(source, precision, folder, device)
         rows.append({"role": role, "precision": precision, "folder": str(folder), "disk_bytes": disk_bytes,
-                     **score_variant(folder, variant_scoring_precision(source, precision), splits, set_names,
-                                     device, args)})
+                     **score_variant(folder, variant_scoring_precision(source, precision), splits, set_names, device,
+                                     max_length=args.max_length, batch_size=args.batch_size,
+                                     latency_repeats=args.latency_repeats, throughput_urls=args.throughput_urls)})
     add_relative_sizes(rows)
 
     report = {"device": device_description() if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -218,7 +109,7 @@ def main(argv=None) -> dict:
               "minutes": (time.time() - started) / 60, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
-    table = markdown_table(rows)
+    table = report_table(rows)
     (out / "report.md").write_text(f"Quantization report on {report['device']} (test split, threshold from validation)\n\n{table}\n")
     save_scatter(rows, out / "size_vs_f1.png")
     print(f"\n{table}\n\nwrote {out / 'report.json'}, {out / 'report.md'} and {out / 'size_vs_f1.png'} "

@@ -17,335 +17,227 @@ The student uses the teacher's data split (from the teacher's run_info.json;
 seen by the teacher. Teacher logits are computed once and cached on disk,
 keyed by URL. Writes the same run folder as train_teacher.py, plus
 ``results.json`` with the student-vs-teacher comparison.
+
+With ``--generative`` the student is a causal LM, 4-bit NF4 base + LoRA
+adapters (QLoRA), that classifies a URL by the verbalizer word it would write
+after a prompt (preset qlora-smollm2; kd/train/generative.py has the loss):
+
+    python train_student.py --generative                                  # preset qlora-smollm2
+    python train_student.py --generative --teacher runs/teacher-minilm/best --set distill.objective="ce:0.5,rkl:0.5@T=2"
+    python train_student.py --generative --set distill.token_objective="rkl" \\
+        --set distill.generative_teacher=PATH --set distill.on_policy=true   # MiniLLM-style, on-policy
+    python -m kd.merge_adapters runs/qlora-smollm2/best runs/qlora-smollm2/merged
+
+The generative student runs in one process; its checkpoints hold the adapters only.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
+import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from kd.batching import tokenize
-from kd.checkpoint import write_json
-from kd.classifier import (
-    finish_run,
-    load_tokenizer,
-    make_saver,
-    make_validator,
-    run_info,
-    set_seed,
-    start_run,
-)
-from kd.config import ModelConfig, _build
-from kd.data import DataConfig, Examples, build_splits, load_examples
-from kd.distill import cached_teacher_logits, distillation_loss, model_fingerprint, teacher_scorer
-from kd.distributed import barrier, default_device, init_distributed
+from kd.cli import add_common_arguments, config_from_args
+from kd.data.batching import TokenizedSet, collate, tokenize
+from kd.data.prompts import tokenize_prompts
+from kd.data.splits import Examples, build_splits
 from kd.errors import run_cli, usage_errors
-from kd.loop import TrainConfig, autocast_dtype, train
-from kd.paths import cache_root
-from kd.runinfo import claim_run_folder, resolved_config
-from kd.sources import SourceSpec
-from losses import build_objective, parse_spec
-from models.paths import NO_REMOTE_CODE, ModelFolderError, resolve_model_path
-
-STUDENT_INITS = ("from_teacher", "narrow", "pretrained", "fresh")
-
-
-@dataclass
-class StudentConfig:
-    """How the student is built (YAML section ``student``)."""
-
-    init: str = "from_teacher"
-    """``from_teacher`` (teacher layers, DistilBERT recipe), ``narrow`` (smaller width, random),
-    ``pretrained`` / ``fresh`` (any encoder ``name_or_path``, e.g. distilbert-base-uncased)."""
-    num_layers: int = 3
-    layer_selection: str = "every_other"
-    name_or_path: str | None = None
-    hidden_size: int | None = None
-    """Width of a ``narrow`` student (hidden-state terms then learn projections)."""
-    num_attention_heads: int | None = None
-    prune_vocab: bool = False
-    """Keep only the embedding rows of tokens that occur in the training (and transfer) URLs."""
-
-    def __post_init__(self):
-        if self.init not in STUDENT_INITS:
-            raise ValueError(f"student.init must be one of {STUDENT_INITS}, not {self.init!r}")
-        if self.init in ("pretrained", "fresh") and not self.name_or_path:
-            raise ValueError(f"student.init={self.init} needs student.name_or_path (e.g. distilbert-base-uncased)")
-        if self.init == "narrow" and not self.hidden_size:
-            raise ValueError("student.init=narrow needs student.hidden_size")
+from kd.eval.measure import parameter_count
+from kd.eval.scoring import make_validator
+from kd.eval.report import write_json
+from kd.train.distributed import DistInfo, barrier, default_device
+from kd.train.generative import (
+    QLoRARunConfig,
+    build_objectives,
+    load_best_adapters,
+    load_generative_teacher,
+    make_adapter_saver,
+    run_splits,
+)
+from kd.train.loop import autocast_dtype, train
+from kd.train.loss_fns import distillation_loss, qlora_loss
+from kd.train.run import finish_run, make_saver, run_info, set_seed, setup_process, start_run
+from kd.train.runinfo import claim_run_folder, resolved_config
+from kd.train.student import (
+    StudentRunConfig,
+    cached_logits_for,
+    compare_with_teacher,
+    prepare_student,
+    student_objective,
+    transfer_examples,
+)
+from kd.train.teacher_cache import cached_teacher_logits, teacher_logits_file, teacher_scorer
+from losses import parse_spec
+from models.encoder import load_frozen_classifier, load_tokenizer
+from models.lora import load_qlora_student
+from models.paths import resolve_model_path
+from models.verbalizer import VerbalizerClassifier
 
 
-@dataclass
-class DistillConfig:
-    """The objective and where teacher outputs come from (YAML section ``distill``)."""
-
-    objective: str = "ce:0.5,fkl:0.5@T=2"
-    """Weighted terms, grammar in losses/README.md."""
-    cache_teacher_logits: bool = True
-    """Run the teacher once and reuse its logits (objectives on logits only)."""
-    cache_dir: str | None = None
-    """Teacher-logit cache folder (default: $KD_CACHE_DIR or ~/.cache/phish-kd, then teacher-logits/)."""
-    transfer_sources: list = field(default_factory=list)
-    """Extra unlabelled URL sources: the student learns the teacher's soft labels on them."""
-    max_transfer_examples: int | None = None
-    augment_copies: int = 0
-    """Add this many perturbed copies of each training URL (``kd.augment``: host of one
-    URL with the path of another, or one path segment dropped) to the transfer set."""
-
-    def __post_init__(self):
-        if self.augment_copies < 0:
-            raise ValueError(f"distill.augment_copies must be >= 0, got {self.augment_copies}")
-
-
-@dataclass
-class StudentRunConfig:
-    teacher: str = "runs/teacher-minilm/best"
-    student: StudentConfig = field(default_factory=StudentConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """Only ``max_length`` and ``dropout`` apply to a student."""
-    data: dict = field(default_factory=dict)
-    """Overrides on top of the teacher's data section (normally empty: the same split)."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4))
-    out_dir: str = "runs/student"
-
-
-def load_teacher(path: str, device):
-    """The frozen teacher of checkpoint folder ``path``, once the folder (no custom
-    code) and its tokenizer have passed :func:`kd.classifier.load_tokenizer`'s checks."""
-    from transformers import AutoModelForSequenceClassification
-
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
-    load_tokenizer(str(folder))
-    teacher = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa", **NO_REMOTE_CODE)
-    return teacher.eval().requires_grad_(False)
-
-
-def teacher_data_config(cfg: StudentRunConfig) -> DataConfig:
-    info_file = Path(cfg.teacher) / "run_info.json"
-    base = json.loads(info_file.read_text())["config"]["data"] if info_file.is_file() else {}
-    return _build(DataConfig, {**base, **cfg.data}, "data")
-
-
-def build_student(cfg: StudentConfig, teacher):
-    from models.student import narrow_student, student_from_config, student_from_teacher
-
-    if cfg.init == "from_teacher":
-        return student_from_teacher(teacher, cfg.num_layers, cfg.layer_selection)
-    if cfg.init == "narrow":
-        return narrow_student(teacher.config, cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads)
-    return student_from_config(cfg.name_or_path, pretrained=cfg.init == "pretrained")
-
-
-def student_tokenizer(cfg: StudentConfig, teacher_tokenizer):
-    """The tokenizer the student reads: ``teacher_tokenizer`` itself, unless a
-    ``pretrained`` / ``fresh`` student's own tokenizer maps any string to
-    another id (then that one, and the caller must not feed its ids to the teacher)."""
-    if cfg.init not in ("pretrained", "fresh"):
-        return teacher_tokenizer
-    own = load_tokenizer(cfg.name_or_path)
-    return teacher_tokenizer if own.get_vocab() == teacher_tokenizer.get_vocab() else own
-
-
-def transfer_examples(cfg: StudentRunConfig, data_cfg: DataConfig, splits, log) -> Examples:
-    """Unlabelled transfer URLs (the sources' first, capped at
-    ``max_transfer_examples``, then the augmented copies of training URLs),
-    minus every URL of the run's splits (no test leakage)."""
-    if not (cfg.distill.transfer_sources or cfg.distill.augment_copies):
-        return Examples([], [])
-    taken = {u for ex in splits.all_sets().values() for u in ex.urls}
-    urls = []
-    if cfg.distill.transfer_sources:
-        specs = [SourceSpec.from_dict(s) for s in cfg.distill.transfer_sources]
-        extra = load_examples(specs, data_cfg, splits.report, "transfer")
-        urls = [u for u in extra.urls if u not in taken][: cfg.distill.max_transfer_examples]
-        log(f"transfer set: {len(urls)} unlabelled URLs ({len(extra) - len(urls)} dropped: in the splits or over the cap)")
-    if cfg.distill.augment_copies:
-        from kd.augment import augment_urls
-
-        copies = augment_urls(splits.train.urls, cfg.distill.augment_copies, seed=cfg.train.seed)
-        chosen = set(urls)
-        kept = [u for u in copies if u not in taken and u not in chosen]
-        log(f"transfer set: {len(kept)} augmented copies of training URLs ({len(copies) - len(kept)} dropped: in the splits)")
-        urls += kept
-    return Examples(urls, [-100] * len(urls))
-
-
-def cache_file(cfg: StudentRunConfig, autocast_dtype: torch.dtype | None) -> Path:
-    """The teacher-logit cache of this teacher, ``max_length`` and teacher precision
-    (logits computed under bf16 autocast and in fp32 differ, so they never share a file)."""
-    root = Path(cfg.distill.cache_dir) if cfg.distill.cache_dir else cache_root()
-    precision = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else "float32"
-    return root / "teacher-logits" / f"{model_fingerprint(Path(cfg.teacher), cfg.model.max_length)}-{precision}.safetensors"
-
-
-def run(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
+def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -> dict:
+    """Distill the encoder teacher into the encoder student of ``cfg``; returns (and writes) ``results.json``."""
     started = time.time()
-    dist_info = init_distributed()
-    device = default_device(dist_info)
-    set_seed(cfg.train.seed)
-    log = print if dist_info.is_main else (lambda *a, **k: None)
+    dist_info, device, log = setup_process(cfg.train.seed)
     out_dir = Path(cfg.out_dir)
     amp = autocast_dtype(cfg.train.precision, device)
 
-    teacher = load_teacher(cfg.teacher, device)
+    teacher = load_frozen_classifier(cfg.teacher)
     teacher_tokenizer = load_tokenizer(cfg.teacher)
-    data_cfg = teacher_data_config(cfg)
-    # Record the resolved spec, not only the overrides, so that the student's run_info.json
-    # rebuilds its split without the teacher (kd.evaluate, quantize.py).
-    cfg.data = dataclasses.asdict(data_cfg)
-    splits = build_splits(data_cfg)
-    transfer = transfer_examples(cfg, data_cfg, splits, log)
+    splits = build_splits(cfg.data)
+    transfer = transfer_examples(cfg, splits, log)
     log(splits.report.summary())
     train_examples = Examples(splits.train.urls + transfer.urls, splits.train.labels + transfer.labels)
-
-    student = build_student(cfg.student, teacher)
-    if cfg.model.dropout is not None:
-        for module in student.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = cfg.model.dropout
-    tokenizer, teacher_ids, pruning = student_tokenizer(cfg.student, teacher_tokenizer), None, None
-    own_vocabulary = tokenizer is not teacher_tokenizer
-    if cfg.student.prune_vocab:
-        from models.student import prune_vocabulary, pruning_report, token_ids_in
-
-        if own_vocabulary:
-            raise ValueError(f"student.prune_vocab needs a student with the teacher's vocabulary; "
-                             f"{cfg.student.name_or_path} has a tokenizer of its own")
-        keep = token_ids_in(train_examples.urls, teacher_tokenizer, cfg.model.max_length)
-        before = student
-        student, tokenizer = prune_vocabulary(student, teacher_tokenizer, keep)
-        pruning = pruning_report(before, student)
-        teacher_ids = torch.tensor(keep, dtype=torch.long)  # student id -> teacher id
-        log(f"vocabulary pruned: {pruning}")
-    student = student.to(device)
-    tokenized = {name: tokenize(ex, tokenizer, cfg.model.max_length) for name, ex in splits.all_sets().items()}
-    student_train = tokenize(train_examples, tokenizer, cfg.model.max_length)
-
-    objective = build_objective(
-        cfg.distill.objective,
-        student_hidden_size=student.config.hidden_size,
-        teacher_hidden_size=teacher.config.hidden_size,
-        student_num_layers=student.config.num_hidden_layers,
-        teacher_num_layers=teacher.config.num_hidden_layers,
-    ).to(device)
-    needs_features = objective.needs_hidden_states or objective.needs_attention_relations
-    if own_vocabulary and needs_features:
-        raise ValueError(f"objective {objective.spec!r} runs the teacher live on the student's token ids, but "
-                         f"student {cfg.student.name_or_path} has another vocabulary than the teacher; use logit terms "
-                         "only (ce, fkl, rkl, ...: the teacher's logits are cached by URL) or a student with the teacher's tokenizer")
-    if transfer.urls and not objective.needs_teacher:
-        raise ValueError(f"a transfer set has no labels: objective {objective.spec!r} needs a teacher term "
-                         "(or drop the transfer set: distill.augment_copies=0, distill.transfer_sources=[])")
-    logits = None
-    # A student with its own vocabulary cannot feed its ids to a live teacher: it reads cached logits.
-    if objective.needs_teacher and (cfg.distill.cache_teacher_logits or own_vocabulary) and not needs_features:
-        score = teacher_scorer(teacher, teacher_tokenizer, train_examples.urls, max_length=cfg.model.max_length,
-                               batch_size=cfg.train.eval_batch_size, autocast_dtype=amp)
-        logits = cached_teacher_logits(train_examples.urls, cache_file(cfg, amp), score, log=log)
+    student = prepare_student(cfg, teacher, teacher_tokenizer, train_examples.urls, log)
+    model = student.model.to(device)
+    tokenized = {name: tokenize(ex, student.tokenizer, cfg.model.max_length) for name, ex in splits.all_sets().items()}
+    student_train = tokenize(train_examples, student.tokenizer, cfg.model.max_length)
+    objective = student_objective(cfg, student, teacher, has_transfer_set=bool(transfer.urls)).to(device)
+    logits = cached_logits_for(cfg, objective, teacher, teacher_tokenizer, student, train_examples, student_train, amp, log)
     loss_fn = distillation_loss(objective, teacher=teacher if logits is None else None,
-                                teacher_logits=logits, teacher_input_ids=teacher_ids)
+                                teacher_logits=logits, teacher_input_ids=student.teacher_ids)
     if dist_info.is_main and not resume:
         start_run(cfg, out_dir, splits)
     barrier(dist_info)
-    log(f"student: {sum(p.numel() for p in student.parameters()) / 1e6:.2f}M parameters "
-        f"(teacher {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M), objective {objective.spec}")
-    info = run_info(cfg, splits, {"role": "student", "objective": objective.spec, "teacher": str(Path(cfg.teacher).resolve()), "vocabulary_pruning": pruning})
+    log(f"student: {parameter_count(model) / 1e6:.2f}M parameters "
+        f"(teacher {parameter_count(teacher) / 1e6:.2f}M), objective {objective.spec}")
+
+    info = run_info(cfg, splits, {"role": "student", "objective": objective.spec, "teacher": str(Path(cfg.teacher).resolve()),
+                                  "vocabulary_pruning": student.pruning})
     extra = {"objective": objective} if any(True for _ in objective.parameters()) else {}
     train(
-        student, loss_fn, student_train, make_validator(tokenized["validation"], cfg.train.eval_batch_size, amp),
-        cfg.train, out_dir, save=make_saver(tokenizer, info), device=device, dist_info=dist_info,
+        model, loss_fn, student_train, make_validator(tokenized["validation"], cfg.train.eval_batch_size, amp),
+        cfg.train, out_dir, save=make_saver(student.tokenizer, info), device=device, dist_info=dist_info,
         resume=resume, extra_modules=extra, on_step=on_step,
     )
     if not dist_info.is_main:
         return {}
-    results = finish_run(out_dir, student, tokenized, cfg, amp, started, log)
-    results["comparison"] = compare_with_teacher(out_dir / "best", Path(cfg.teacher), results)
+
+    results = finish_run(out_dir, model, tokenized, cfg, amp, started, log)
+    results["comparison"] = c = compare_with_teacher(out_dir / "best", Path(cfg.teacher), results)
     write_json(out_dir / "results.json", results)
-    c = results["comparison"]
     log(f"student vs teacher: {c['student_parameters'] / 1e6:.2f}M vs {c['teacher_parameters'] / 1e6:.2f}M parameters, "
         f"{c['student_size_mb']:.1f} vs {c['teacher_size_mb']:.1f} MB on disk ({c['percent_smaller']:.1f} % smaller), "
         f"test F1 {c['student_test_f1']:.4f} vs {c['teacher_test_f1']:.4f} ({c['f1_retained_percent']:.1f} % kept)")
     return results
 
 
-def _weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors") if p.name != "objective.safetensors")
+def distill_generative(cfg: QLoRARunConfig, resume: bool = False, on_step=None) -> dict:
+    """Train the QLoRA student of ``cfg``, keep the best adapters by validation and
+    evaluate every set at the threshold chosen on validation; returns (and writes) ``results.json``."""
+    started = time.time()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("the QLoRA recipe runs in one process; launch it without torchrun")
+    objective, token_objective = build_objectives(cfg.distill, bool(cfg.teacher))
+    device = default_device(DistInfo())
+    set_seed(cfg.train.seed)
+    out_dir = Path(cfg.out_dir)
+    amp = autocast_dtype(cfg.train.precision, device)
+    splits = run_splits(cfg)
+    print(splits.report.summary())
 
+    s = cfg.student
+    lm, tokenizer = load_qlora_student(
+        s.name_or_path, lora_r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+        target_modules=s.target_modules, quantize=s.quantize, device=device, gradient_checkpointing=s.gradient_checkpointing,
+    )
+    prompt = s.prompt()
+    student = VerbalizerClassifier(lm, prompt.token_ids(tokenizer))
+    tokenized = {name: tokenize_prompts(ex, tokenizer, prompt) for name, ex in splits.all_sets().items()}
+    teacher_logits = None
+    if objective.needs_teacher:
 
-def _parameters(folder: Path) -> int:
-    from safetensors import safe_open
+        def score(missing):  # loads the teacher only when the cache lacks some URLs
+            teacher_train = tokenize(splits.train, load_tokenizer(cfg.teacher), cfg.model.max_length)
+            return teacher_scorer(load_frozen_classifier(cfg.teacher), teacher_train,
+                                  batch_size=cfg.train.eval_batch_size, autocast_dtype=amp)(missing)
 
-    total = 0
-    for file in Path(folder).glob("model*.safetensors"):
-        with safe_open(str(file), "pt") as handle:
-            for key in handle.keys():
-                total += int(np.prod(handle.get_slice(key).get_shape()))
-    return total
+        cache = teacher_logits_file(Path(cfg.teacher), cfg.model.max_length, amp, cfg.distill.cache_dir)
+        teacher_logits = cached_teacher_logits(splits.train.urls, cache, score)
+    generative_teacher = None
+    if token_objective is not None:
+        generative_teacher = load_generative_teacher(cfg.distill.generative_teacher, tokenizer,
+                                                     cfg.distill.generative_teacher_quantize, device)
+    loss_fn = qlora_loss(
+        objective, teacher_logits=teacher_logits, token_objective=token_objective, generative_teacher=generative_teacher,
+        tokenizer=tokenizer, on_policy=cfg.distill.on_policy, max_new_tokens=cfg.distill.max_new_tokens,
+        temperature=cfg.distill.sample_temperature,
+    )
+    trainable, total = parameter_count(lm, trainable_only=True), parameter_count(lm)
+    print(f"student: {s.name_or_path} ({s.quantize}), {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters train; "
+          f"objective {objective.spec}" + (f", token level {token_objective.spec}" if token_objective else ""))
+    if not resume:
+        start_run(cfg, out_dir, splits)
+    info = run_info(cfg, splits, {
+        "role": "qlora-student",
+        "objective": objective.spec,
+        "token_objective": token_objective.spec if token_objective else None,
+        "teacher": str(Path(cfg.teacher).resolve()) if cfg.teacher else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+    })
 
+    # Throughput of the optimizer steps alone: examples collated for training
+    # over the time spent in train() outside validation.
+    counts = {"examples": 0, "eval_seconds": 0.0}
+    validate = make_validator(tokenized["validation"], cfg.train.eval_batch_size, amp)
 
-def compare_with_teacher(student_dir: Path, teacher_dir: Path, results: dict) -> dict:
-    """Parameters, size on disk and test F1 of student vs teacher (the teacher's
-    own metrics.json, computed on the same split)."""
-    teacher_metrics = json.loads((teacher_dir / "metrics.json").read_text()) if (teacher_dir / "metrics.json").is_file() else {}
-    teacher_f1 = teacher_metrics.get("sets", {}).get("test", {}).get("f1", float("nan"))
-    student_f1 = results["sets"].get("test", {}).get("f1", float("nan"))
-    s_bytes, t_bytes = _weights_bytes(student_dir), _weights_bytes(teacher_dir)
-    return {
-        "student_parameters": _parameters(student_dir),
-        "teacher_parameters": _parameters(teacher_dir),
-        "student_size_mb": s_bytes / 1e6,
-        "teacher_size_mb": t_bytes / 1e6,
-        "percent_smaller": 100 * (1 - s_bytes / t_bytes),
-        "student_test_f1": student_f1,
-        "teacher_test_f1": teacher_f1,
-        "f1_retained_percent": 100 * student_f1 / teacher_f1,
-    }
+    def counted_collate(data: TokenizedSet, indices) -> dict:
+        counts["examples"] += len(indices)
+        return collate(data, indices)
+
+    def timed_validate(model) -> dict:
+        begin = time.perf_counter()
+        metrics = validate(model)
+        counts["eval_seconds"] += time.perf_counter() - begin
+        return metrics
+
+    begin = time.perf_counter()
+    train(student, loss_fn, tokenized["train"], timed_validate, cfg.train, out_dir,
+          save=make_adapter_saver(tokenizer, prompt, info), device=device, resume=resume,
+          collate_fn=counted_collate, on_step=on_step)
+    train_seconds = time.perf_counter() - begin - counts["eval_seconds"]
+
+    results = finish_run(out_dir, student, tokenized, cfg, amp, started, load=load_best_adapters)
+    results.update({
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_examples_seen": counts["examples"],
+        "train_samples_per_s": counts["examples"] / train_seconds if counts["examples"] else None,
+        "objective": objective.spec,
+        "token_objective": token_objective.spec if token_objective else None,
+    })
+    write_json(out_dir / "results.json", results)
+    print(f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %), "
+          f"{results['train_samples_per_s'] or 0:.2f} samples/s; adapters in {(out_dir / 'best').resolve()}")
+    return results
 
 
 def main(argv=None) -> dict:
-    from train_teacher import add_common_arguments, config_from_args
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--generative" in argv:  # before parsing: the QLoRA recipe has options of its own
-        from kd import qlora
-
-        return qlora.main([a for a in argv if a != "--generative"])
     # No abbreviations: "--gen" must not pass as --generative's prefix unnoticed.
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    add_common_arguments(parser, "student-minilm")
-    parser.add_argument("--teacher", help="teacher checkpoint folder (default: the config's teacher)")
+    add_common_arguments(parser, None, "student-minilm, or qlora-smollm2 with --generative")
+    parser.add_argument("--teacher", help="encoder teacher checkpoint folder (default: the config's teacher)")
     parser.add_argument("--generative", action="store_true",
-                        help="train the QLoRA generative student instead (kd.qlora, default preset qlora-smollm2); "
-                             "all other options then go to python -m kd.qlora")
+                        help="train the QLoRA generative student (a causal LM with LoRA adapters; default preset qlora-smollm2)")
     args = parser.parse_args(argv)
+    args.config = args.config or ("qlora-smollm2" if args.generative else "student-minilm")
     if args.teacher:
         args.set.append(f"teacher={args.teacher}")
     with usage_errors():
-        cfg = config_from_args(args, StudentRunConfig)
-        parse_spec(cfg.distill.objective)  # a bad objective fails now, not after the data and the teacher load
-        current, data_cfg = recorded_config(cfg)
-    resolve_model_path(cfg.teacher)  # no such folder, custom code: before the run folder is claimed
+        if args.generative:
+            cfg = config_from_args(args, QLoRARunConfig)
+            build_objectives(cfg.distill, bool(cfg.teacher))  # a bad objective fails before anything loads
+        else:
+            cfg = config_from_args(args, StudentRunConfig)
+            parse_spec(cfg.distill.objective)  # a bad objective fails now, not after the data and the teacher load
+    if not args.generative:
+        resolve_model_path(cfg.teacher)  # no such folder, custom code: before the run folder is claimed
     with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed,
-                          current=current, data_cfg=data_cfg):
-        return run(cfg, resume=args.resume)
-
-
-def recorded_config(cfg: StudentRunConfig) -> tuple[dict, DataConfig]:
-    """``cfg`` as :func:`run` records it in ``config.yaml`` (the teacher's data spec
-    resolved), and that data spec: what ``--resume`` compares."""
-    data_cfg = teacher_data_config(cfg)
-    return {**resolved_config(cfg), "data": dataclasses.asdict(data_cfg)}, data_cfg
+                          current=resolved_config(cfg), data_cfg=cfg.data):
+        distill = distill_generative if args.generative else distill_encoder
+        return distill(cfg, resume=args.resume)
 
 
 if __name__ == "__main__":

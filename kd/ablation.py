@@ -17,7 +17,8 @@ A grid file::
       students:                       # named shapes: overrides of the student section
         L3: {student.num_layers: 3}
 
-Each cell writes OUT/cells/<name>/ (a normal student run). A cell whose
+Each cell writes OUT/cells/<name>/ (a normal student run, started as
+``python -m train_student --config OUT/cells/<name>.yaml``). A cell whose
 results.json exists is not run again, so an interrupted ablation continues
 where it stopped. Writes OUT/cells.csv (one row per cell), OUT/summary.csv
 and OUT/summary.md (mean ± std over seeds), OUT/summary.png (F1 bar chart)
@@ -42,7 +43,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from kd.cli import run_recipe
 from kd.errors import UsageError, run_cli, usage_errors
+from kd.eval.measure import measure_latency
+from kd.eval.report import markdown_table, write_csv
+from kd.train.config import load_config, save_config
+from models.quantized import load_classifier
 
 METRICS = ("f1", "roc_auc", "tpr_at_1pct_fpr", "accuracy")
 """Test-set metrics per cell (the columns to report)."""
@@ -109,8 +115,6 @@ def cell_row(cell: Cell, run_dir: Path, latency_ms: float) -> dict:
 
 def cpu_latency_ms(run_dir: Path, urls: list[str]) -> float:
     """Median CPU milliseconds to score one URL (batch 1) with the cell's best model."""
-    from models.quantized import load_classifier, measure_latency
-
     model, tokenizer = load_classifier(run_dir / "best", "fp32", "cpu")
     return measure_latency(model, tokenizer, urls, batch_size=1, warmup=5, repeats=50)
 
@@ -131,20 +135,20 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown_table(summary: list[dict]) -> str:
+def summary_table(summary: list[dict]) -> str:
     """One row per group; the "val" columns (validation) are the ones to choose by, the rest are test-set."""
-    head = ("| objective / student | seeds | params (student / teacher) | size MB | % smaller | val F1 | val ROC-AUC | "
-            "F1 | ROC-AUC | TPR@1%FPR | CPU ms/URL |")
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for s in summary:
-        def pm(key, digits=4):
-            return f"{s[key + '_mean']:.{digits}f} ± {s[key + '_std']:.{digits}f}"
-        lines.append(
-            f"| {s['group'].replace('|', ' · ')} | {s['seeds']} | {s['parameters'] / 1e6:.2f}M / {s['teacher_parameters'] / 1e6:.2f}M | "
-            f"{s['size_mb']:.1f} | {s['percent_smaller']:.1f} | {pm('val_f1')} | {pm('val_roc_auc')} | {pm('f1')} | {pm('roc_auc')} | {pm('tpr_at_1pct_fpr')} | "
-            f"{pm('cpu_latency_ms', 2)} |"
-        )
-    return "\n".join(lines)
+    columns = ("objective / student", "seeds", "params (student / teacher)", "size MB", "% smaller", "val F1", "val ROC-AUC",
+               "F1", "ROC-AUC", "TPR@1%FPR", "CPU ms/URL")
+
+    def pm(s, key, digits=4):
+        return f"{s[key + '_mean']:.{digits}f} ± {s[key + '_std']:.{digits}f}"
+
+    return markdown_table(columns, [
+        [s["group"].replace("|", " · "), str(s["seeds"]), f"{s['parameters'] / 1e6:.2f}M / {s['teacher_parameters'] / 1e6:.2f}M",
+         f"{s['size_mb']:.1f}", f"{s['percent_smaller']:.1f}", pm(s, "val_f1"), pm(s, "val_roc_auc"), pm(s, "f1"),
+         pm(s, "roc_auc"), pm(s, "tpr_at_1pct_fpr"), pm(s, "cpu_latency_ms", 2)]
+        for s in summary
+    ])
 
 
 def bar_chart(summary: list[dict], teacher_f1: float, path: Path) -> None:
@@ -168,11 +172,12 @@ def bar_chart(summary: list[dict], teacher_f1: float, path: Path) -> None:
     plt.close(fig)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def run_student(cfg, config_file: Path, resume: bool) -> None:
+    """One cell: its checked config written to ``config_file``, then ``python -m
+    train_student --config FILE`` as the user would run it, in a process of its own."""
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, config_file)
+    run_recipe("train_student", ["--config", str(config_file), *(["--resume"] if resume else [])])
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -184,9 +189,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> list[dict]:
-    import train_student
-    from kd.config import load_config
-    from kd.runinfo import claim_run_folder
+    from kd.train.student import StudentRunConfig
     from losses import parse_spec
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -206,7 +209,7 @@ def main(argv=None) -> list[dict]:
             raise UsageError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: base, set, out_dir, grid")
         out = Path(args.out or spec.get("out_dir", "runs/ablation"))
         cells = expand_grid(spec["grid"])
-        configs = [load_config(train_student.StudentRunConfig, spec.get("base"),
+        configs = [load_config(StudentRunConfig, spec.get("base"),
                                [*spec.get("set", []), *args.set, *cell.overrides, f"out_dir={out / 'cells' / cell.name}"])
                    for cell in cells]
         for cfg in configs:
@@ -225,9 +228,7 @@ def main(argv=None) -> list[dict]:
         else:
             resume = (run_dir / "last" / "trainer_state").is_dir()
             print(f"[{number}/{len(cells)}] {cell.name}" + (" (resuming)" if resume else ""))
-            current, data_cfg = train_student.recorded_config(cfg)
-            with claim_run_folder(run_dir, resume=resume, allowed=(), current=current, data_cfg=data_cfg):
-                train_student.run(cfg, resume=resume)
+            run_student(cfg, out / "cells" / f"{cell.name}.yaml", resume)
         if args.shard:
             continue
         latency_file = run_dir / "cpu_latency.json"
@@ -249,7 +250,7 @@ def main(argv=None) -> list[dict]:
     summary = summarise(rows)
     write_csv(rows, out / "cells.csv")
     write_csv(summary, out / "summary.csv")
-    table = markdown_table(summary)
+    table = summary_table(summary)
     (out / "summary.md").write_text(table + "\n")
     teacher_results = json.loads((out / "cells" / cells[0].name / "results.json").read_text())["comparison"]
     bar_chart(summary, teacher_results["teacher_test_f1"], out / "summary.png")

@@ -33,7 +33,7 @@ def probability(text: str) -> float:
 
 
 def token_length(text: str) -> int:
-    """A ``--max-length`` in tokens: an integer >= 8 (what :func:`kd.batching.tokenize` accepts)."""
+    """A ``--max-length`` in tokens: an integer >= 8 (what :func:`kd.data.batching.tokenize` accepts)."""
     value = positive_int(text)
     if value < 8:
         raise argparse.ArgumentTypeError(f"must be at least 8 tokens, got {value}")

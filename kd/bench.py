@@ -29,10 +29,8 @@ import argparse
 import copy
 import json
 import re
-import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -42,15 +40,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.batching import TokenizedSet, eval_batches, length_bucketed_batches, token_counts, tokenize
-from kd.classifier import build_classifier, cross_entropy_sum, load_tokenizer
-from kd.config import ModelConfig
-from kd.data import DataConfig, DataReport, Examples, load_examples
-from kd.distill import distillation_loss
+from kd.data.batching import TokenizedSet, eval_batches, length_bucketed_batches, token_counts, tokenize
+from kd.data.splits import DataConfig, DataReport, Examples, load_examples
+from kd.train.loss_fns import cross_entropy_sum, distillation_loss
 from kd.errors import UsageError, run_cli
-from kd.inference import predict_tokenized, synchronize
-from kd.loop import TrainConfig, autocast_dtype, train
-from kd.runinfo import device_description, git_commit, library_versions
+from kd.eval.inference import predict_tokenized
+from kd.eval.measure import (
+    PeakMemory,
+    matmul_ceiling,
+    measure_latency,
+    measure_throughput,
+    memory_footprint_bytes,
+    parameter_count,
+    synchronize,
+)
+from kd.eval.report import markdown_table
+from kd.train.loop import TrainConfig, autocast_dtype, train
+from kd.train.runinfo import device_description, git_commit, library_versions
+from models.encoder import build_classifier, load_tokenizer
 
 TRAINING_SECTIONS = ("loop_teacher", "loop_student", "distill_cached", "distill_live")
 OBJECTIVE = "ce:0.5,fkl:0.5@T=2"
@@ -84,57 +91,11 @@ class BenchConfig:
 # --------------------------------------------------------------------------- measuring
 
 
-def current_rss_bytes() -> int:
-    """Resident set size of this process (Linux ``/proc/self/statm``)."""
-    import os
-
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak memory between :meth:`start` and :meth:`stop`, in MiB.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). CPU: the largest
-    process RSS seen by a thread sampling every 5 ms (weights, activations,
-    optimizer state, and everything else the process holds).
-    """
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak, self._thread, self._running = device, 0, None, False
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        self.peak, self._running = current_rss_bytes(), True
-
-        def sample():
-            while self._running:
-                self.peak = max(self.peak, current_rss_bytes())
-                time.sleep(0.005)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> float:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._running = False
-            self._thread.join()
-            self.peak = max(self.peak, current_rss_bytes())
-        return self.peak / 2**20
-
-
-class StepsDone(Exception):
-    """Raised by :class:`StepTimer` after the last timed step, to leave the training loop."""
-
-
 class StepTimer:
-    """Called after every optimizer step (``on_step`` of :func:`kd.loop.train`, or a
+    """Called after every optimizer step (``on_step`` of :func:`kd.train.loop.train`, or a
     ``Trainer`` callback): starts the clock, memory peak and profiler after step
-    ``warmup``, stops them after step ``warmup + steps`` and raises :class:`StepsDone`.
+    ``warmup``, stops them after step ``warmup + steps`` and returns True there:
+    the caller stops training after that step.
     """
 
     def __init__(self, warmup: int, steps: int, device: torch.device, profiler=None):
@@ -143,7 +104,7 @@ class StepTimer:
         self.seconds = self.peak_mib = None
         self._start = None
 
-    def __call__(self, step: int) -> None:
+    def __call__(self, step: int) -> bool:
         if step == self.warmup:
             synchronize(self.device)
             self.memory.start()
@@ -156,35 +117,8 @@ class StepTimer:
             if self.profiler is not None:
                 self.profiler.stop()
             self.peak_mib = self.memory.stop()
-            raise StepsDone
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 5) -> float:
-    """TFLOP/s of an ``(n, n) @ (n, n)`` matmul (2 n^3 FLOPs), median of ``repeats`` after 2 untimed."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e12
-
-
-def matmul_ceiling(device: torch.device, n: int) -> dict:
-    """The MFU denominator ``tflops``: the matmul in the dtype the loop computes in
-    (bf16 on CUDA, fp32 on CPU); the other dtype's rate is recorded for reference."""
-    dtype, other = (torch.bfloat16, torch.float32) if device.type == "cuda" else (torch.float32, torch.bfloat16)
-    return {"dtype": str(dtype).removeprefix("torch."), "n": n, "tflops": matmul_tflops(device, dtype, n),
-            f"{str(other).removeprefix('torch.')}_tflops": matmul_tflops(device, other, n, repeats=3)}
-
-
-def nonembedding_parameters(model: torch.nn.Module) -> int:
-    """Parameters outside the embedding tables (those do lookups, not matmuls)."""
-    return sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
+            return True
+        return False
 
 
 def throughput(samples: int, real_tokens: int, padded_tokens: int, seconds: float, flops: float, ceiling: float) -> dict:
@@ -214,7 +148,7 @@ def synthetic_urls(n: int, seed: int) -> Examples:
 
 
 def benchmark_urls(cfg: BenchConfig, n: int) -> tuple[Examples, str]:
-    """``n`` URLs drawn at random (seeded) from the Hannousse data via :mod:`kd.data`
+    """``n`` URLs drawn at random (seeded) from the Hannousse data via :mod:`kd.data.splits`
     (normalised, de-duplicated), or :func:`synthetic_urls` when absent or asked for."""
     data_cfg = DataConfig(data_dir=cfg.data_dir)
     data_cfg.resolve_data_dir()
@@ -231,7 +165,7 @@ def benchmark_urls(cfg: BenchConfig, n: int) -> tuple[Examples, str]:
 
 def loop_section(model, loss_fn, data: TokenizedSet, cfg: BenchConfig, device, ceiling: float, *,
                  n_trained: int, n_forward: int = 0, profiler=None, steps: int | None = None) -> dict:
-    """Time ``steps`` optimizer steps of :func:`kd.loop.train` (one micro-batch each).
+    """Time ``steps`` optimizer steps of :func:`kd.train.loop.train` (one micro-batch each).
 
     ``data`` holds ``batch_size * (warmup + steps + 1)`` examples, so the timed
     steps stay inside the first epoch (no evaluation, no checkpoint); they use
@@ -242,11 +176,8 @@ def loop_section(model, loss_fn, data: TokenizedSet, cfg: BenchConfig, device, c
     timer = StepTimer(cfg.warmup, steps, device, profiler)
     train_cfg = TrainConfig(epochs=1, batch_size=cfg.batch_size, seed=cfg.seed, log_every=10**9, max_steps=10**9)
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as out_dir:
-        try:
-            train(model, loss_fn, data, lambda m: {"f1": 0.0}, train_cfg, Path(out_dir),
-                  save=lambda m, f: None, device=device, on_step=timer)
-        except StepsDone:
-            pass
+        train(model, loss_fn, data, lambda m: {"f1": 0.0}, train_cfg, Path(out_dir),
+              save=lambda m, f: None, device=device, on_step=timer)
     if timer.seconds is None:
         raise RuntimeError(f"the loop stopped before step {cfg.warmup + steps}: {len(data)} examples are too few")
     batches = length_bucketed_batches(data.lengths, cfg.batch_size, seed=cfg.seed, epoch=0)[cfg.warmup : cfg.warmup + steps]
@@ -271,7 +202,8 @@ def trainer_section(folder: Path, examples: Examples, tokenizer, cfg: BenchConfi
 
     class Timing(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            timer(state.global_step)
+            if timer(state.global_step):
+                control.should_training_stop = True
 
     encoded = tokenizer(list(examples.urls), padding="max_length", truncation=True, max_length=cfg.max_length)
     rows = [{**{k: v[i] for k, v in encoded.items()}, "labels": examples.labels[i]} for i in range(len(examples))]
@@ -280,13 +212,10 @@ def trainer_section(folder: Path, examples: Examples, tokenizer, cfg: BenchConfi
     overrides = {"per_device_train_batch_size": cfg.batch_size, "max_steps": cfg.warmup + steps + 1, "report_to": "none"}
     with tempfile.TemporaryDirectory(prefix="kd-bench-trainer-") as out_dir:
         args = TrainingArguments(output_dir=out_dir, **overrides)
-        try:
-            Trainer(model=model, args=args, train_dataset=rows, callbacks=[Timing()]).train()
-        except StepsDone:
-            pass
+        Trainer(model=model, args=args, train_dataset=rows, callbacks=[Timing()]).train()
     samples = steps * cfg.batch_size
     real = samples * real_per_example
-    flops = 6 * nonembedding_parameters(model) * real
+    flops = 6 * parameter_count(model, without_embeddings=True) * real
     return {**throughput(samples, real, samples * cfg.max_length, timer.seconds, flops, ceiling),
             "peak_memory_mib": timer.peak_mib, "steps": steps, "batch_size": cfg.batch_size,
             "arguments_changed": sorted(["output_dir", *overrides]), "optim": str(args.optim)}
@@ -295,8 +224,8 @@ def trainer_section(folder: Path, examples: Examples, tokenizer, cfg: BenchConfi
 def inference_section(folder: Path, precision: str, urls: list[str], n_params: int, cfg: BenchConfig, device, ceiling: float) -> dict:
     """Throughput (batches of ``infer_batch_size``, length-sorted) and batch-1 latency of
     :func:`models.quantized.load_classifier` ``(folder, precision)``, end to end."""
-    from kd.urls import normalize_url
-    from models.quantized import load_classifier, measure_latency, measure_throughput, memory_footprint_bytes
+    from kd.data.urls import normalize_url
+    from models.quantized import load_classifier
 
     model, tokenizer = load_classifier(folder, precision, device)
     lengths = tokenize(Examples([normalize_url(u) for u in urls], [0] * len(urls)), tokenizer, cfg.max_length).lengths
@@ -350,17 +279,17 @@ def run(cfg: BenchConfig, log=print) -> dict:
     infer_urls = examples.urls[n_train:]
     data = tokenize(train_examples, tokenizer, cfg.max_length)
     torch.manual_seed(cfg.seed)
-    teacher = build_classifier(ModelConfig(name_or_path=cfg.model, max_length=cfg.max_length, pretrained=not cfg.random_init)).to(device)
+    teacher = build_classifier(cfg.model, pretrained=not cfg.random_init).to(device)
     student = student_from_teacher(teacher, cfg.student_layers)
-    n_teacher, n_student = nonembedding_parameters(teacher), nonembedding_parameters(student)
+    n_teacher, n_student = (parameter_count(m, without_embeddings=True) for m in (teacher, student))
     results["data"] = {"source": source, "train_examples": len(data), "inference_urls": len(infer_urls),
                        "mean_tokens": float(data.lengths.mean()), "max_length": cfg.max_length}
-    results["models"] = {"teacher_parameters": sum(p.numel() for p in teacher.parameters()), "teacher_nonembedding": n_teacher,
-                         "student_parameters": sum(p.numel() for p in student.parameters()), "student_nonembedding": n_student,
+    results["models"] = {"teacher_parameters": parameter_count(teacher), "teacher_nonembedding": n_teacher,
+                         "student_parameters": parameter_count(student), "student_nonembedding": n_student,
                          "student_layers": cfg.student_layers}
     started = time.perf_counter()
-    teacher_logits = torch.from_numpy(predict_tokenized(teacher, data, batch_size=cfg.infer_batch_size,
-                                                        autocast_dtype=autocast_dtype("auto", device)))
+    teacher_logits = predict_tokenized(teacher, data, batch_size=cfg.infer_batch_size,
+                                       autocast_dtype=autocast_dtype("auto", device))
     results["models"]["teacher_logit_cache_s"] = time.perf_counter() - started
 
     from losses import build_objective
@@ -438,21 +367,20 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(results: dict) -> str:
     """A Markdown table: one row per section and per (model, precision)."""
-    head = "| what | samples/s | real tokens/s | padding | model TFLOP/s | MFU | peak MiB | note |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---|"]
-    rows = [(name, r) for name, r in results["training"].items()] + [(f"inference {n}", r) for n, r in results["inference"].items()]
-    for name, r in rows:
+    columns = ("what", "samples/s", "real tokens/s", "padding", "model TFLOP/s", "MFU", "peak MiB", "note")
+    rows = []
+    for name, r in [*results["training"].items(), *((f"inference {n}", r) for n, r in results["inference"].items())]:
         if "samples_per_s" not in r:
-            lines.append(f"| {name} | | | | | | | {r.get('error') or r.get('skipped')} |")
+            rows.append([name, "", "", "", "", "", "", str(r.get("error") or r.get("skipped"))])
             continue
         note = []
         if "step_time_vs_student" in r:
             note.append(f"{r['step_time_vs_student']:.2f}x student step time")
         if "latency_ms_batch_1" in r:
             note.append(f"batch 1: {r['latency_ms_batch_1']:.1f} ms; weights {r['weights_mib']:.0f} MiB")
-        lines.append(f"| {name} | {r['samples_per_s']:,.1f} | {r['real_tokens_per_s']:,.0f} | {r['padding_fraction']:.1%} | "
-                     f"{_fmt(r['model_tflops'], '.4f')} | {r['mfu']:.1%} | {_fmt(r['peak_memory_mib'], ',.0f')} | {'; '.join(note)} |")
-    return "\n".join(lines)
+        rows.append([name, f"{r['samples_per_s']:,.1f}", f"{r['real_tokens_per_s']:,.0f}", f"{r['padding_fraction']:.1%}",
+                     _fmt(r["model_tflops"], ".4f"), f"{r['mfu']:.1%}", _fmt(r["peak_memory_mib"], ",.0f"), "; ".join(note)])
+    return markdown_table(columns, rows, right=[False, *[True] * 6, False])
 
 
 def markdown_report(results: dict) -> str:

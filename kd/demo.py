@@ -10,18 +10,20 @@ same split, and prints both side by side.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
-from kd.baseline import tfidf_baseline
-from kd.checkpoint import run_folder_lock, write_json
-from kd.classifier import format_table
-from kd.config import RunConfig, load_config
-from kd.data import build_splits
+from kd.data.paths import HUB_DATASET, default_data_dir
+from kd.data.splits import build_splits
+from kd.cli import run_recipe
 from kd.errors import run_cli, usage_errors
-from kd.paths import HUB_DATASET, default_data_dir
-from kd.runinfo import device_description
+from kd.eval.baseline import tfidf_baseline
+from kd.eval.report import format_table
+from kd.eval.report import write_json
+from kd.train.config import RunConfig, load_config
+from kd.train.runinfo import device_description
 
 
 def main(argv=None) -> None:
@@ -31,18 +33,22 @@ def main(argv=None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as in train_teacher.py")
     args = parser.parse_args(argv)
 
-    import train_teacher
-
     started = time.time()
+    overrides = [*args.set, f"out_dir={args.out}"]
     with usage_errors():
-        cfg = load_config(RunConfig, args.config, [*args.set, f"out_dir={args.out}"])
+        cfg = load_config(RunConfig, args.config, overrides)
     if cfg.data.data_dir is None and default_data_dir() is None:
         # No local copy: the same Hannousse rows from the Hugging Face hub (needs internet).
         print(f"no ../shared/data or ./data: using the hub copy {HUB_DATASET}")
-        cfg.data.sources, cfg.data.test_sets = [f"hf:{HUB_DATASET}"], {}
-    with run_folder_lock(Path(cfg.out_dir)):
-        teacher = train_teacher.run(cfg)
-    baseline = tfidf_baseline(build_splits(cfg.data))
+        overrides += [f"data.sources=[hf:{HUB_DATASET}]", "data.test_sets={}"]
+        cfg = load_config(RunConfig, args.config, overrides)
+    # The recipe as the user runs it, in a process of its own; its results.json is the teacher's.
+    run_recipe("train_teacher", ["--config", args.config, *(f"--set={o}" for o in overrides)])
+    teacher = json.loads((Path(cfg.out_dir) / "results.json").read_text())
+    splits = build_splits(cfg.data)
+    # results.json stores its keys sorted: list the sets in the splits' order, as training printed them.
+    teacher["sets"] = {name: teacher["sets"][name] for name in splits.all_sets() if name in teacher["sets"]}
+    baseline = tfidf_baseline(splits)
     minutes = (time.time() - started) / 60
     summary = {"teacher": teacher, "baseline_tfidf_logreg": baseline, "minutes": minutes, "device": device_description()}
     write_json(Path(args.out) / "demo_results.json", summary)

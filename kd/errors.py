@@ -9,7 +9,7 @@ instead. Anything else is a bug and keeps its traceback (status 1).
 What counts as the user's mistake, exactly:
 
 - :class:`UsageError`, raised where the project checks its input;
-- :class:`kd.sources.DataError`: a data source that cannot be read or used;
+- :class:`kd.data.sources.DataError`: a data source that cannot be read or used;
 - :class:`models.paths.ModelFolderError`: no such model folder, custom code,
   a tokenizer that does not fit its model;
 - any ``ValueError`` / ``FileNotFoundError`` raised while the configuration
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from kd.sources import DataError
+from kd.data.sources import DataError
 from models.paths import ModelFolderError
 
 USAGE_STATUS = 2

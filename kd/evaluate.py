@@ -18,14 +18,15 @@ import json
 import sys
 from pathlib import Path
 
-from kd.checkpoint import write_json
-from kd.classifier import final_evaluation, format_table, prepare_data
-from kd.config import RunConfig, _build, load_config
-from kd.data import DataConfig
 from kd.argtypes import positive_int, token_length
+from kd.data.batching import prepare_data
+from kd.data.sources import SourceSpec
+from kd.data.splits import DataConfig
 from kd.errors import UsageError, run_cli, usage_errors
-from kd.inference import saved_scoring
-from kd.sources import SourceSpec
+from kd.eval.report import format_table
+from kd.eval.scoring import final_evaluation, saved_scoring
+from kd.eval.report import write_json
+from kd.train.config import RunConfig, _build, load_config
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,8 @@
     python -m kd.predict --model DIR URL [URL ...]
     python -m kd.predict --model DIR --input urls.txt --output scores.csv
 
-URLs are normalised exactly as in training (:func:`kd.urls.normalize_url`)
-and scored through :func:`kd.inference.predict_proba`, the path the evaluation
+URLs are normalised exactly as in training (:func:`kd.data.urls.normalize_url`)
+and scored through :func:`kd.eval.inference.predict_proba`, the path the evaluation
 uses, so a URL gets the same probability here as there. Files are streamed in
 chunks; every input row ends up either in the scores or in the rejects file.
 """
@@ -25,9 +25,10 @@ from pathlib import Path
 
 from kd.argtypes import positive_int, probability, token_length
 from kd.errors import UsageError, run_cli
-from kd.inference import predict_proba, saved_scoring, scoring_autocast
-from kd.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
-from kd.urls import normalize_url
+from kd.eval.inference import predict_proba
+from kd.eval.scoring import saved_scoring, scoring_autocast
+from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
+from kd.data.urls import normalize_url
 
 DEFAULT_MAX_CHARS = 2048
 CHUNK_ROWS = 4096
@@ -42,7 +43,7 @@ INPUT_FORMATS = ("lines", "csv", "jsonl")
 def screen_url(url: str, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str | None, str | None]:
     """``(normalised URL, None)`` if ``url`` can be scored, else ``(None, why not)``.
 
-    The screening of training data (:func:`kd.sources.url_problem`), then the
+    The screening of training data (:func:`kd.data.sources.url_problem`), then the
     training-time normalisation."""
     url = url.strip()
     problem = url_problem(url, max_chars)
@@ -95,7 +96,7 @@ def _excerpt(raw: bytes) -> str:
 
 def _pick_column(fields: list[str], column: str | None) -> int:
     """Index of ``column`` (any case) among the header ``fields``, or of the
-    first of :data:`kd.sources.URL_COLUMNS` when no column is named."""
+    first of :data:`kd.data.sources.URL_COLUMNS` when no column is named."""
     lower = [f.strip().lower() for f in fields]
     for name in (column.lower(),) if column else URL_COLUMNS:
         if name in lower:
@@ -171,7 +172,7 @@ def _csv_rows(numbered: Iterator[tuple[int, bytes]], index: int, column: str) ->
 
 def _jsonl_rows(numbered: Iterator[tuple[int, bytes]], column: str | None) -> Iterator[Row]:
     """JSON lines: each line a URL string or an object holding one under
-    ``column`` (default: the first key of :data:`kd.sources.URL_COLUMNS`, any case)."""
+    ``column`` (default: the first key of :data:`kd.data.sources.URL_COLUMNS`, any case)."""
     for number, raw in numbered:
         text = _decode(raw)
         if text is None:
@@ -234,7 +235,7 @@ def read_rows(lines: Iterable[bytes], fmt: str = "lines", column: str | None = N
 
 
 def input_format(path: Path, fmt: str, column: str | None) -> str:
-    """``fmt`` or, for ``auto``, the format :func:`kd.sources.detect_format` finds
+    """``fmt`` or, for ``auto``, the format :func:`kd.data.sources.detect_format` finds
     (the training-data detection); only lines, CSV and JSON lines stream. A CSV
     header must name the URL column. Raises :class:`InputFormatError`."""
     head = first_line(path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +24,13 @@ PACKAGED_ALIASES = ("packaged:minilm", "packaged:smollm2")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 """``name`` or ``owner/name``, as on the Hugging Face hub."""
+
+
+def cache_root() -> Path:
+    """Where caches (teacher logits, dequantized GGUF weights) live:
+    ``$KD_CACHE_DIR``, else ``~/.cache/phish-kd``."""
+    env = os.environ.get("KD_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "phish-kd"
 
 
 class ModelFolderError(ValueError):

@@ -1,4 +1,4 @@
-"""Sequence classifiers in one of six precisions: load, save, reload, measure.
+"""Sequence classifiers in one of six precisions: load, save, reload.
 
 ============  ==========================================================  ===========
 precision     the encoder's ``nn.Linear`` weights                         devices
@@ -15,9 +15,9 @@ dynamic-int8  torch dynamic int8: per-tensor int8 weights, activations    CPU
 ============  ==========================================================  ===========
 
 In the quantized precisions the embeddings, LayerNorms, the pooler and the
-classification head stay in the compute dtype (float32 on CPU, where bf16
-matmuls are ~10x slower; bf16 on CUDA). On CPU bitsandbytes saves memory but
-not time; ``dynamic-int8`` is the CPU precision that is also faster.
+classification head stay in the compute dtype (float32 on CPU, bf16 on CUDA).
+What each precision costs and saves on CPU and GPU is measured in
+``benchmarks/`` and README.md.
 
 A folder written by :func:`save_quantized` loads back with
 ``load_classifier(folder)`` in the precision it was saved in, without
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
-import time
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -37,8 +35,8 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from torch.ao.quantization import quantize_dynamic
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from kd.inference import predict_logits, resolve_device, synchronize
-from models.generative import META_FILE as GENERATIVE_META
+from models.device import resolve_device
+from models.lora import META_FILE as GENERATIVE_META
 from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, resolve_model_path
 
 Precision = Literal["fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8"]
@@ -157,7 +155,7 @@ def _load_bnb(path: str, precision: Precision, device: torch.device, pre_quantiz
         **NO_REMOTE_CODE,
         **({} if pre_quantized else {"quantization_config": bnb_config(precision, device)}),
     )
-    # A folder quantized on CUDA stores compute dtype bf16; on CPU that is ~10x slower.
+    # A folder quantized on CUDA stores compute dtype bf16, which is much slower than float32 on CPU.
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.compute_dtype = compute_dtype
@@ -191,8 +189,8 @@ def load_classifier(
         raise ModelFolderError(
             f"{path} holds a generative classifier from the QLoRA recipe ({GENERATIVE_META}: adapters or a merged "
             "causal LM), which scores a URL through its prompt, not as a sequence classifier; score it with "
-            "models.generative.class_probabilities (model from load_adapters, or AutoModelForCausalLM for a merged "
-            "folder, with read_prompt_format(folder))"
+            "kd.eval.inference.class_probabilities (model from models.lora.load_adapters, or AutoModelForCausalLM for "
+            "a merged folder, with kd.data.prompts.read_prompt_format(folder))"
         )
     device = resolve_device(device)
     saved = saved_precision(path)
@@ -228,11 +226,11 @@ def save_quantized(model, tokenizer, out_dir: str | Path, precision: Precision |
     - dynamic-int8: torch's quantized tensors have no safetensors form and
       this project never unpickles, so the folder holds the float32 weights
       the model was quantized from (re-read from ``model.name_or_path``) and
-      :data:`DYNAMIC_INT8_MARKER`; quantizing on load is deterministic and
-      takes well under a second. Its size on disk is therefore fp32's.
+      :data:`DYNAMIC_INT8_MARKER`; quantizing on load is deterministic.
+      Its size on disk is therefore fp32's.
 
     A 4-bit model must be saved before its first forward on CPU: on a CPU with
-    AVX512-BF16, bitsandbytes 0.50 then repacks the weights for its CPU kernel
+    AVX512-BF16, bitsandbytes then repacks the weights for its CPU kernel
     (absmax de-nested, transposed, in bf16), and the inverse that runs on save
     re-quantizes the absmax (nf4: outputs shift) or leaves it transposed
     (fp4, no double quantization: the model is corrupted, in memory and on disk).
@@ -264,97 +262,3 @@ def save_quantized(model, tokenizer, out_dir: str | Path, precision: Precision |
         model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    """Number of logical parameters, the same in every precision.
-
-    A bitsandbytes 4-bit weight is a flat uint8 tensor of ``n/2`` bytes (two
-    values each) whose logical shape is ``weight.quant_state.shape``; a torch
-    dynamic int8 Linear keeps weight and bias outside ``.parameters()``.
-    """
-    total = 0
-    for param in model.parameters():
-        quant_state = getattr(param, "quant_state", None)
-        total += quant_state.shape.numel() if quant_state is not None else param.numel()
-    for module in model.modules():
-        if isinstance(module, DynamicInt8Linear):
-            bias = module.bias()
-            total += module.weight().numel() + (bias.numel() if bias is not None else 0)
-    return total
-
-
-def _quant_state_tensors(state):
-    for value in vars(state).values():
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif type(value) is type(state):  # the nested state of double quantization
-            yield from _quant_state_tensors(value)
-
-
-def memory_footprint_bytes(model: torch.nn.Module) -> int:
-    """Bytes of weights and buffers as they sit in memory, each storage once.
-
-    Unlike transformers' ``get_memory_footprint()`` this counts the
-    bitsandbytes quantization state (4-bit absmax, code tables; int8 row
-    scales ``SCB``) and the int8 weights of torch dynamic Linears (as int8
-    values, not fbgemm's packed layout). Measure after a first forward: on
-    CPU, bitsandbytes then replaces nf4's double-quantized absmax by bf16.
-    """
-    tensors = [*model.parameters(), *model.buffers()]
-    for param in model.parameters():
-        if getattr(param, "quant_state", None) is not None:
-            tensors.extend(_quant_state_tensors(param.quant_state))
-        if getattr(param, "SCB", None) is not None:
-            tensors.append(param.SCB)
-    for module in model.modules():
-        if isinstance(module, DynamicInt8Linear):
-            tensors.extend(t for t in (module.weight(), module.bias()) if t is not None)
-    seen, total = set(), 0
-    for tensor in tensors:
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def size_on_disk_bytes(folder: str | Path) -> int:
-    """Total bytes of the files under ``folder`` (weights, config, tokenizer)."""
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-
-
-def measure_latency(
-    model, tokenizer, urls: list[str], *, batch_size: int = 1, warmup: int = 5, repeats: int = 50,
-    max_length: int = 128,
-) -> float:
-    """Median milliseconds to score one batch of ``batch_size`` URLs, end to end
-    (normalise, tokenise, pad, forward) through :func:`kd.inference.predict_logits`.
-
-    Batch ``i`` holds ``urls[i*b : (i+1)*b]`` (cycling), so the times cover a
-    spread of lengths; the first ``warmup`` batches are not timed.
-    """
-    device = next(model.parameters()).device
-    times = []
-    for i in range(warmup + repeats):
-        batch = [urls[(i * batch_size + j) % len(urls)] for j in range(batch_size)]
-        synchronize(device)
-        start = time.perf_counter()
-        predict_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def measure_throughput(
-    model, tokenizer, urls: list[str], *, batch_size: int = 256, max_length: int = 128
-) -> float:
-    """URLs per second scoring all of ``urls`` (bucketed by length, as the
-    evaluation does) after one warm-up batch, end to end as in :func:`measure_latency`."""
-    device = next(model.parameters()).device
-    predict_logits(model, tokenizer, urls[:batch_size], batch_size=batch_size, max_length=max_length)
-    synchronize(device)
-    start = time.perf_counter()
-    predict_logits(model, tokenizer, urls, batch_size=batch_size, max_length=max_length)
-    synchronize(device)
-    return len(urls) / (time.perf_counter() - start)

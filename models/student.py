@@ -1,4 +1,4 @@
-"""Student builders and vocabulary pruning for encoder classifiers.
+"""Student builders for encoder classifiers.
 
 Three ways to get a student:
 
@@ -10,39 +10,34 @@ Three ways to get a student:
 - :func:`student_from_config`: any encoder by hub name or path, pretrained or
   fresh.
 
-Vocabulary pruning (:func:`token_ids_in`, :func:`prune_vocabulary`) keeps only
-the embedding rows of the tokens that the training URLs use. For the 6-layer,
-384-wide MiniLM the 30,522 x 384 word-embedding matrix is 11.7 M of its 22.7 M
-parameters. The 11,430 Hannousse URLs use 9,112 of those rows (30%): pruned,
-the MiniLM shrinks from 22.7 M to 14.5 M parameters (90.9 -> 58.0 MB in fp32).
+Vocabulary pruning is in :mod:`models.vocabulary`.
 """
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
-LayerSelection = Literal["every_other", "first"]
+LayerSelection = Literal["evenly_spaced", "first"]
 
 _LAYER_LISTS = ("encoder.layer", "transformer.layer")
 """Where encoder blocks live under the backbone: ``encoder.layer`` in BERT,
 RoBERTa, XLM-R, ELECTRA; ``transformer.layer`` in DistilBERT."""
 
-_TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
-"""Config fields that hold a token id and must follow the pruned vocabulary."""
+
+def check_layer_selection(selection) -> None:
+    """Refuse the old name ``every_other``, which said less than what the rule does."""
+    if selection == "every_other":
+        raise ValueError("layer_selection 'every_other' was renamed 'evenly_spaced' (evenly spaced layers, "
+                         "both ends kept); use student.layer_selection=evenly_spaced")
 
 
-# --------------------------------------------------------------------------- students
-
-
-def select_layers(teacher_layers: int, num_layers: int, selection: LayerSelection | list[int] = "every_other") -> list[int]:
+def select_layers(teacher_layers: int, num_layers: int, selection: LayerSelection | list[int] = "evenly_spaced") -> list[int]:
     """Which teacher layer initialises each student layer: ``map[i]`` (0-based).
 
-    ``"every_other"`` is DistilBERT's rule generalised to any depth: evenly
+    ``"evenly_spaced"`` is DistilBERT's rule generalised to any depth: evenly
     spaced layers that always include the first and the last,
 
         map[i] = round_half_up(i * (Lt - 1) / (Ls - 1)),   i = 0 .. Ls-1
@@ -59,7 +54,8 @@ def select_layers(teacher_layers: int, num_layers: int, selection: LayerSelectio
     """
     if not 1 <= num_layers <= teacher_layers:
         raise ValueError(f"a student of a {teacher_layers}-layer teacher needs 1..{teacher_layers} layers, got {num_layers}")
-    if selection == "every_other":
+    check_layer_selection(selection)
+    if selection == "evenly_spaced":
         if num_layers == 1:
             return [0]
         span, steps = teacher_layers - 1, num_layers - 1
@@ -74,7 +70,7 @@ def select_layers(teacher_layers: int, num_layers: int, selection: LayerSelectio
                 f"layer map {layers} must list {num_layers} teacher layers, each in 0..{teacher_layers - 1}"
             )
         return layers
-    raise ValueError(f"layer_selection must be 'every_other', 'first' or a list of ints, got {selection!r}")
+    raise ValueError(f"layer_selection must be 'evenly_spaced', 'first' or a list of ints, got {selection!r}")
 
 
 def encoder_layers_key(model: nn.Module) -> str:
@@ -95,7 +91,7 @@ def encoder_layers_key(model: nn.Module) -> str:
 
 
 def student_from_teacher(
-    teacher: nn.Module, num_layers: int, layer_selection: LayerSelection | list[int] = "every_other"
+    teacher: nn.Module, num_layers: int, layer_selection: LayerSelection | list[int] = "evenly_spaced"
 ) -> nn.Module:
     """A copy of ``teacher`` with ``num_layers`` encoder layers.
 
@@ -163,171 +159,10 @@ def student_from_config(name_or_path: str, pretrained: bool = True, num_labels: 
     """Any encoder as a classifier with a fresh head: a hub name
     (``distilbert-base-uncased``), a folder or ``packaged:minilm``; pretrained
     weights, or random ones from its config with ``pretrained=False``."""
-    from kd.classifier import build_classifier
-    from kd.config import ModelConfig
-    from kd.sources import LABEL_NAMES
+    from models.encoder import LABEL_NAMES, build_classifier
 
     # build_classifier names the labels LABEL_NAMES, which would silently
     # override any other num_labels.
     if num_labels != len(LABEL_NAMES):
         raise ValueError(f"classifiers here have the {len(LABEL_NAMES)} labels {LABEL_NAMES}, got num_labels={num_labels}")
-    return build_classifier(ModelConfig(name_or_path=name_or_path, pretrained=pretrained), num_labels=num_labels)
-
-
-# --------------------------------------------------------------------------- vocabulary pruning
-
-
-def token_ids_in(texts: list[str], tokenizer, max_length: int = 128) -> list[int]:
-    """Sorted ids of every token in ``texts`` (tokenised as training does:
-    special tokens added, truncated to ``max_length``), plus all special and
-    added tokens (``[PAD]``, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``)."""
-    ids = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder) | {tokenizer.unk_token_id}
-    for row in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]:
-        ids.update(row)
-    ids.discard(None)
-    return sorted(ids)
-
-
-def prune_vocabulary(model: nn.Module, tokenizer, keep_ids: list[int], out_dir: str | Path | None = None):
-    """Keep only the vocabulary entries ``keep_ids``; return ``(model, tokenizer)``.
-
-    New id of a kept token = its rank in ``sorted(keep_ids)``. The model is a
-    copy whose word-embedding matrix ``(V, H)`` becomes ``(K, H)`` with rows
-    ``E[keep_ids]`` (an MLM output layer ``(K, H)`` and bias ``(K,)`` likewise,
-    tied again if it was tied); ``config.vocab_size = K`` and the config's
-    special-token ids are remapped. The tokenizer is the old backend
-    (normaliser: lower-casing, accent stripping; pre-tokeniser; ``##``
-    continuation prefix; post-processor) with only the vocabulary replaced.
-    With ``out_dir`` both are saved there and load with
-    ``AutoModelForSequenceClassification`` / ``AutoTokenizer``.
-
-    Equivalence. WordPiece segments each pre-token greedily, always taking the
-    longest vocabulary piece at the current position. If every piece of a word
-    was kept, the longest match at each step is still present and nothing
-    longer was added, so the segmentation, the (remapped) ids and the model's
-    outputs are identical. This holds for all texts that ``keep_ids`` came
-    from (:func:`token_ids_in`): "the same outputs on in-vocabulary text".
-
-    Other words differ from the unpruned model: a word whose pieces were
-    removed is re-segmented greedily over the kept pieces (``banks`` ->
-    ``bank ##s`` when only those survive) or, when no segmentation by kept
-    pieces exists, becomes a single ``[UNK]`` (WordPiece marks whole words
-    unknown, not pieces).
-    """
-    keep = sorted(set(int(i) for i in keep_ids))
-    tokenizer = _pruned_tokenizer(tokenizer, keep)
-    model = _pruned_model(model, keep)
-    if out_dir is not None:
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
-    return model, tokenizer
-
-
-def _pruned_tokenizer(tokenizer, keep: list[int]):
-    """The tokenizer with vocabulary ``keep`` (old ids) renumbered 0..K-1."""
-    from tokenizers import Tokenizer
-
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    if spec["model"]["type"] != "WordPiece":
-        raise ValueError(f"vocabulary pruning supports WordPiece tokenizers, not {spec['model']['type']}")
-    old_token = {i: token for token, i in tokenizer.get_vocab().items()}
-    new_id = {old_token[i]: rank for rank, i in enumerate(keep)}
-    missing = [a["content"] for a in spec["added_tokens"] if a["content"] not in new_id]
-    if missing or spec["model"]["unk_token"] not in new_id:
-        raise ValueError(f"keep_ids must include every special token and [UNK]; missing {missing or spec['model']['unk_token']}")
-
-    spec["model"]["vocab"] = new_id
-    for added in spec["added_tokens"]:
-        added["id"] = new_id[added["content"]]
-    if spec.get("padding"):
-        spec["padding"]["pad_id"] = new_id[spec["padding"]["pad_token"]]
-    _remap_post_processor(spec.get("post_processor"), new_id)
-
-    # Rebuilding through the class (not AutoTokenizer on files) keeps its
-    # settings (do_lower_case, special tokens, model_max_length); the old
-    # vocab_file and added-token ids must not come along.
-    kwargs = {
-        k: v for k, v in tokenizer.init_kwargs.items()
-        if k not in ("vocab", "vocab_file", "tokenizer_file", "added_tokens_decoder", "name_or_path")
-    }
-    pruned = type(tokenizer)(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **kwargs)
-    # Guard: some transformers 5 constructors rebuild the vocabulary from
-    # their own arguments and silently drop the one given.
-    if pruned.get_vocab() != new_id:
-        raise RuntimeError(f"{type(tokenizer).__name__} did not take the pruned vocabulary")
-    return pruned
-
-
-def _remap_post_processor(node: dict | None, new_id: dict[str, int]) -> None:
-    """Rewrite the token ids that a post-processor spec stores next to the
-    tokens it adds (``[CLS]``/``[SEP]``), in place."""
-    if not node:
-        return
-    kind = node["type"]
-    if kind == "TemplateProcessing":
-        for special in node["special_tokens"].values():
-            special["ids"] = [new_id[t] for t in special["tokens"]]
-    elif kind in ("BertProcessing", "RobertaProcessing"):
-        node["sep"] = [node["sep"][0], new_id[node["sep"][0]]]
-        node["cls"] = [node["cls"][0], new_id[node["cls"][0]]]
-    elif kind == "Sequence":
-        for child in node["processors"]:
-            _remap_post_processor(child, new_id)
-
-
-def _pruned_model(model: nn.Module, keep: list[int]) -> nn.Module:
-    """A copy of ``model`` whose vocabulary-sized matrices keep rows ``keep``."""
-    model = copy.deepcopy(model)
-    old = model.get_input_embeddings()
-    rows = torch.tensor(keep, device=old.weight.device)
-    remap = {old_id: rank for rank, old_id in enumerate(keep)}
-
-    output = model.get_output_embeddings()
-    tied = output is not None and output.weight is old.weight
-
-    padding_idx = remap[old.padding_idx] if old.padding_idx is not None else None
-    new = nn.Embedding(len(keep), old.embedding_dim, padding_idx=padding_idx, device=old.weight.device, dtype=old.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(old.weight[rows])
-    model.set_input_embeddings(new)
-
-    if output is not None:  # masked-LM head: logits over the vocabulary
-        head = nn.Linear(
-            output.in_features, len(keep), bias=output.bias is not None, device=rows.device, dtype=output.weight.dtype
-        )
-        with torch.no_grad():
-            if output.bias is not None:
-                head.bias.copy_(output.bias[rows])
-            if tied:
-                head.weight = new.weight
-            else:
-                head.weight.copy_(output.weight[rows])
-        model.set_output_embeddings(head)
-
-    model.config.vocab_size = len(keep)
-    for key in _TOKEN_ID_KEYS:
-        old_id = getattr(model.config, key, None)
-        if isinstance(old_id, int):
-            if old_id not in remap:
-                raise ValueError(f"config.{key} = {old_id} is not in keep_ids")
-            setattr(model.config, key, remap[old_id])
-    return model
-
-
-def pruning_report(before_model: nn.Module, after_model: nn.Module) -> dict:
-    """Sizes before and after pruning: parameters (tied weights counted
-    once), word-embedding rows, and float32 bytes (4 per parameter)."""
-
-    def count(model):
-        return sum(p.numel() for p in model.parameters())
-
-    before, after = count(before_model), count(after_model)
-    return {
-        "parameters_before": before,
-        "parameters_after": after,
-        "embedding_rows_before": before_model.get_input_embeddings().num_embeddings,
-        "embedding_rows_after": after_model.get_input_embeddings().num_embeddings,
-        "fp32_bytes_before": 4 * before,
-        "fp32_bytes_after": 4 * after,
-        "fp32_bytes_saved": 4 * (before - after),
-    }
+    return build_classifier(name_or_path, pretrained=pretrained)

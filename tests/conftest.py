@@ -25,7 +25,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real URL data (``../shared/data``), or a skip where it is absent."""
-    from kd.paths import default_data_dir
+    from kd.data.paths import default_data_dir
 
     path = default_data_dir()
     if path is None:
@@ -118,7 +118,7 @@ def save_tiny_classifier(folder, seed=0):
 def tiny_teacher_run(tmp_path_factory, tiny_bert_dir) -> Path:
     """A folder with a tiny BERT teacher trained 2 epochs on 160 generated URLs (``teacher/``)."""
     import train_teacher
-    from kd.config import RunConfig, load_config
+    from kd.train.config import RunConfig, load_config
 
     root = tmp_path_factory.mktemp("distill")
     data_csv = write_csv(root / "urls.csv", make_url_rows(160))

@@ -1,9 +1,9 @@
-"""URL augmentation for teacher-labelled transfer sets (kd.augment)."""
+"""URL augmentation for teacher-labelled transfer sets (kd.data.augment)."""
 import random
 
 import pytest
 
-from kd.augment import augment_urls, drop_piece, split_host
+from kd.data.augment import augment_urls, drop_piece, split_host
 
 URLS = [
     "paypal.com.verify-login.xyz/secure/update?id=7&session=abc",

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kd.batching import TokenizedSet, collate, eval_batches, length_bucketed_batches, padding_fraction, split_batch
+from kd.data.batching import TokenizedSet, collate, eval_batches, length_bucketed_batches, padding_fraction, split_batch
 
 
 def test_batches_cover_every_example_once_and_are_deterministic():

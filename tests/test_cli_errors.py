@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from kd.errors import UsageError, run_cli
-from kd.loop import TrainConfig
+from kd.train.loop import TrainConfig
 from losses import parse_spec
 
 
@@ -17,13 +17,13 @@ def cli_mains():
     import quantize
     import train_student
     import train_teacher
-    from kd import ablation, bench, demo, evaluate, predict, qlora
-    from models import merge_adapters
+    from kd import ablation, bench, demo, evaluate, merge_adapters, predict
 
     return {
         "train_teacher.py": (train_teacher.main, ["--set", "train.metric=f11"], "train.metric must be one of"),
         "train_student.py": (train_student.main, ["--set", "distill.objective=ce:0.5,fkl:0.5@T=inf"], "T must be > 0 and finite"),
-        "kd.qlora": (qlora.main, ["--set", "train.max_steps=-1"], "train.max_steps must be >= 0"),
+        "train_student.py --generative max_steps": (train_student.main, ["--generative", "--set", "train.max_steps=-1"],
+                                                    "train.max_steps must be >= 0"),
         "train_student.py --generative": (train_student.main, ["--generative", "--set", "train.log_every=0"], "train.log_every must be >= 1"),
         "kd.evaluate": (evaluate.main, ["--model", "runs/no/such/model", "--set", "train.warmup_ratio=1"], "train.warmup_ratio must be in"),
         "kd.predict": (predict.main, ["--model", "runs/no/such/model", "example.org"], "no such folder: runs/no/such/model"),
@@ -31,7 +31,7 @@ def cli_mains():
         "kd.ablation": (ablation.main, ["no-such-grid.yaml"], "no-such-grid.yaml"),
         "kd.bench": (bench.main, ["--quick", "--steps", "0"], "must be at least 1"),
         "kd.demo": (demo.main, ["--set", "train.eval_batch_size=0"], "train.eval_batch_size must be >= 1"),
-        "models.merge_adapters": (merge_adapters.main, ["runs/no/adapters", "out"], "holds no generative.json"),
+        "kd.merge_adapters": (merge_adapters.main, ["runs/no/adapters", "out"], "holds no generative.json"),
     }
 
 
@@ -86,7 +86,7 @@ def test_train_config_refuses(field, value):
 
 
 def test_train_config_accepts_every_validation_metric_and_no_clipping():
-    from kd.metrics import SELECTION_METRICS, binary_metrics
+    from kd.eval.metrics import SELECTION_METRICS, binary_metrics
 
     produced = binary_metrics([0, 1, 0, 1], [0.1, 0.8, 0.6, 0.4])
     for metric in SELECTION_METRICS:

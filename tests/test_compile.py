@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kd.distill import distillation_loss
-from kd.loop import TrainConfig, train
+from kd.train.loss_fns import distillation_loss
+from kd.train.loop import TrainConfig, train
 from losses import build_objective
 from test_ddp import bert, url_like_set
 
@@ -38,8 +38,8 @@ def test_compiled_distillation_with_attention_relations_matches_eager(tmp_path, 
 
 
 def test_qlora_recipe_refuses_compile():
-    from kd.config import load_config
-    from kd.qlora import QLoRARunConfig
+    from kd.train.config import load_config
+    from kd.train.generative import QLoRARunConfig
 
     with pytest.raises(ValueError, match="train.compile does not apply to the QLoRA student"):
         load_config(QLoRARunConfig, None, ["train.compile=true"])

@@ -3,11 +3,11 @@ import dataclasses
 
 import pytest
 
-import train_student
-from kd.config import RunConfig, load_config
-from kd.qlora import QLoRARunConfig
+from kd.train.config import RunConfig, load_config
+from kd.train.generative import QLoRARunConfig
+from kd.train.student import StudentRunConfig
 
-RECIPE_CONFIGS = [RunConfig, train_student.StudentRunConfig, QLoRARunConfig]
+RECIPE_CONFIGS = [RunConfig, StudentRunConfig, QLoRARunConfig]
 
 
 def nested_sections(cls) -> list[str]:
@@ -28,5 +28,5 @@ def test_a_partial_section_keeps_the_recipes_other_defaults(cls):
 def test_recipe_training_defaults_survive_an_override():
     qlora = load_config(QLoRARunConfig, None, ["train.epochs=2"]).train
     assert (qlora.epochs, qlora.lr, qlora.batch_size, qlora.eval_batch_size) == (2, 2e-4, 16, 64)
-    student = load_config(train_student.StudentRunConfig, None, ["train.epochs=2"]).train
+    student = load_config(StudentRunConfig, None, ["train.epochs=2"]).train
     assert (student.epochs, student.lr) == (2, 1e-4)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from conftest import make_url_rows, write_csv
-from kd.data import DataConfig, build_splits
-from kd.sources import DataError
-from kd.urls import registrable_domain
+from kd.data.splits import DataConfig, build_splits
+from kd.data.sources import DataError
+from kd.data.urls import registrable_domain
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForSequenceClassification
 
-from kd.batching import TokenizedSet, collate
-from kd.classifier import cross_entropy_sum
-from kd.distill import distillation_loss
-from kd.distributed import DistInfo, init_distributed
-from kd.loop import TrainConfig, build_optimizer, forward_backward, train
+from kd.data.batching import TokenizedSet, collate
+from kd.train.loss_fns import cross_entropy_sum
+from kd.train.loss_fns import distillation_loss
+from kd.train.distributed import DistInfo, init_distributed
+from kd.train.loop import TrainConfig, build_optimizer, forward_backward, train
 from losses import build_objective
 
 WORLD = 2

@@ -1,5 +1,6 @@
 """Distillation: teacher-logit cache alignment, the student recipe end to end, ablation resume."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,11 +9,14 @@ import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import make_url_rows, student_overrides
-from kd.batching import TokenizedSet, collate, length_bucketed_batches, tokenize
-from kd.data import Examples
-from kd.distill import cached_teacher_logits, distillation_loss, example_keys, teacher_scorer
-from kd.inference import predict_tokenized
-from kd.loop import forward_backward
+from kd.data.batching import TokenizedSet, collate, length_bucketed_batches, tokenize
+from kd.data.splits import Examples
+from kd.train.loss_fns import distillation_loss
+from kd.train.teacher_cache import cached_teacher_logits, example_keys, teacher_scorer
+from kd.eval.inference import predict_tokenized
+from kd.train.loop import forward_backward
+from kd.train.student import StudentRunConfig, transfer_examples
+from kd.train.teacher_cache import teacher_logits_file
 from losses import build_objective
 
 
@@ -33,8 +37,8 @@ def test_example_keys_are_stable_and_distinct():
 def test_cache_is_keyed_by_example_not_position(teacher_and_data, tmp_path):
     teacher, tokenizer, examples, data = teacher_and_data
     cache = tmp_path / "cache.safetensors"
-    first = cached_teacher_logits(examples.urls, cache, teacher_scorer(teacher, tokenizer, examples.urls, max_length=64))
-    torch.testing.assert_close(first, torch.from_numpy(predict_tokenized(teacher, data)))
+    first = cached_teacher_logits(examples.urls, cache, teacher_scorer(teacher, data))
+    torch.testing.assert_close(first, predict_tokenized(teacher, data))
     # A shuffled subset plus unseen URLs: cached rows are looked up by URL, new ones computed and appended.
     order = np.random.default_rng(0).permutation(len(examples))[:30]
     new_urls = ["fresh-domain.org/x", "other.net/login"]
@@ -44,19 +48,19 @@ def test_cache_is_keyed_by_example_not_position(teacher_and_data, tmp_path):
 
     def score(missing):
         computed.append(missing.tolist())
-        return teacher_scorer(teacher, tokenizer, shuffled.urls, max_length=64)(missing)
+        return teacher_scorer(teacher, shuffled_data)(missing)
 
     again = cached_teacher_logits(shuffled.urls, cache, score)
     assert computed == [[30, 31]]  # only the unseen URLs go through the teacher
     torch.testing.assert_close(again[:30], first[torch.from_numpy(order)])
-    torch.testing.assert_close(again[30:], torch.from_numpy(predict_tokenized(teacher, shuffled_data))[30:])
+    torch.testing.assert_close(again[30:], predict_tokenized(teacher, shuffled_data)[30:])
     # A complete cache never calls the teacher (the QLoRA recipe then does not even load it).
     torch.testing.assert_close(cached_teacher_logits(shuffled.urls, cache, compute=None), again)
 
 
 def test_cached_and_live_teacher_give_the_same_gradients_under_shuffling_and_accumulation(teacher_and_data, tmp_path, tiny_bert_dir):
     teacher, tokenizer, examples, data = teacher_and_data
-    logits = cached_teacher_logits(examples.urls, tmp_path / "c.safetensors", teacher_scorer(teacher, tokenizer, examples.urls, max_length=64))
+    logits = cached_teacher_logits(examples.urls, tmp_path / "c.safetensors", teacher_scorer(teacher, data))
     objective = build_objective("ce:0.5,fkl:0.5@T=2")
     batches = length_bucketed_batches(data.lengths, 6, seed=3, epoch=1)[:4]  # shuffled, unequal lengths
     grads = []
@@ -75,7 +79,7 @@ def test_cached_and_live_teacher_give_the_same_gradients_under_shuffling_and_acc
 
 def test_transfer_examples_count_for_soft_terms_only(teacher_and_data, tmp_path):
     teacher, tokenizer, examples, data = teacher_and_data
-    logits = cached_teacher_logits(examples.urls, tmp_path / "c.safetensors", teacher_scorer(teacher, tokenizer, examples.urls, max_length=64))
+    logits = cached_teacher_logits(examples.urls, tmp_path / "c.safetensors", teacher_scorer(teacher, data))
     unlabelled = TokenizedSet(data.input_ids, np.full(len(data), -100), data.pad_token_id)
     batch = collate(unlabelled, np.arange(8))
     student = AutoModelForSequenceClassification.from_pretrained(teacher.name_or_path)
@@ -89,12 +93,12 @@ def test_transfer_examples_count_for_soft_terms_only(teacher_and_data, tmp_path)
 @pytest.mark.parametrize("objective", ["ce:0.5,fkl:0.5@T=2", "rkl@T=2,hidden_mse@map=uniform"])
 def test_student_recipe_with_pruned_vocabulary(tiny_teacher_run, objective):
     import train_student
-    from kd.config import load_config
+    from kd.train.config import load_config
 
     root = tiny_teacher_run
     name = "student-" + objective.split(",")[-1].split("@")[0]
-    cfg = load_config(train_student.StudentRunConfig, None, student_overrides(root, name, f"distill.objective={objective}", "student.prune_vocab=true"))
-    results = train_student.run(cfg)
+    cfg = load_config(StudentRunConfig, None, student_overrides(root, name, f"distill.objective={objective}", "student.prune_vocab=true"))
+    results = train_student.distill_encoder(cfg)
     comparison = results["comparison"]
     assert comparison["student_parameters"] < comparison["teacher_parameters"] / 4  # 1 of 2 layers, pruned vocabulary
     assert comparison["percent_smaller"] > 50
@@ -109,7 +113,6 @@ def test_student_recipe_with_pruned_vocabulary(tiny_teacher_run, objective):
 
 
 def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_teacher_run, monkeypatch):
-    import train_student
     from kd import ablation
 
     root = tiny_teacher_run
@@ -129,7 +132,7 @@ def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_te
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished cell was run again")
 
-    monkeypatch.setattr(train_student, "run", must_not_run)
+    monkeypatch.setattr(ablation, "run_student", must_not_run)
     summary = ablation.main([str(grid_file)])
     assert [s["group"] for s in summary] == ["ce|L1", "fkl|T=2|L1"] and all(s["seeds"] == 2 for s in summary)
     for name in ("cells.csv", "summary.csv", "summary.md", "summary.png"):
@@ -141,33 +144,33 @@ def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_te
 
 def test_augmented_transfer_set_is_unlabelled_and_holds_no_url_of_the_splits():
     import train_student
-    from kd.config import load_config
-    from kd.data import DataConfig, DataReport, DataSplits
+    from kd.train.config import load_config
+    from kd.data.splits import DataReport, DataSplits
 
     train = Examples(["a.com/x/y", "b.org/p?q=1&r=2", "c.net", "d.io/login/verify"], [0, 1, 0, 1])
     held_out = Examples(["a.com/y", "c.net/p?q=1&r=2"], [0, 1])  # copies the augmentation would make
     splits = DataSplits(train, held_out, Examples([], []), {}, DataReport())
-    cfg = load_config(train_student.StudentRunConfig, None, ["distill.augment_copies=20"])
-    transfer = train_student.transfer_examples(cfg, DataConfig(), splits, log=lambda *a: None)
+    cfg = load_config(StudentRunConfig, None, ["distill.augment_copies=20"])
+    transfer = transfer_examples(cfg, splits, log=lambda *a: None)
     assert transfer.urls and set(transfer.labels) == {-100}
     assert not set(transfer.urls) & set(train.urls + held_out.urls)
     with pytest.raises(ValueError, match="augment_copies"):
-        load_config(train_student.StudentRunConfig, None, ["distill.augment_copies=-1"])
+        load_config(StudentRunConfig, None, ["distill.augment_copies=-1"])
 
 
 def test_teacher_logit_caches_are_separate_per_teacher_precision(tiny_teacher_run):
     import train_student
-    from kd.config import load_config
+    from kd.train.config import load_config
 
-    cfg = load_config(train_student.StudentRunConfig, None, student_overrides(tiny_teacher_run, "unused"))
-    fp32, bf16 = train_student.cache_file(cfg, None), train_student.cache_file(cfg, torch.bfloat16)
+    cfg = load_config(StudentRunConfig, None, student_overrides(tiny_teacher_run, "unused"))
+    fp32, bf16 = (teacher_logits_file(Path(cfg.teacher), cfg.model.max_length, amp, cfg.distill.cache_dir) for amp in (None, torch.bfloat16))
     assert fp32 != bf16 and fp32.parent == bf16.parent == tiny_teacher_run / "cache" / "teacher-logits"
     assert fp32.name.endswith("-float32.safetensors") and bf16.name.endswith("-bfloat16.safetensors")
 
 
 def test_pruned_student_gets_the_same_loss_from_a_live_and_a_cached_teacher(teacher_and_data, tmp_path):
     """A vocabulary-pruned student's ids are renumbered: a live teacher must see them mapped back."""
-    from models.student import prune_vocabulary, token_ids_in
+    from models.vocabulary import prune_vocabulary, token_ids_in
 
     teacher, tokenizer, examples, data = teacher_and_data
     keep = token_ids_in(examples.urls, tokenizer, 64)
@@ -176,8 +179,10 @@ def test_pruned_student_gets_the_same_loss_from_a_live_and_a_cached_teacher(teac
                                                            attention_probs_dropout_prob=0.0), tokenizer, keep)
     student_data = tokenize(examples, student_tokenizer, 64)
     assert student_data.input_ids != data.input_ids  # renumbered ids
+    # The cache scores the student's own tokenised set, its ids mapped back to the teacher's.
     logits = cached_teacher_logits(examples.urls, tmp_path / "c.safetensors",
-                                   teacher_scorer(teacher, tokenizer, examples.urls, max_length=64))
+                                   teacher_scorer(teacher, student_data, teacher_input_ids=torch.tensor(keep)))
+    torch.testing.assert_close(logits, predict_tokenized(teacher, data))
     objective = build_objective("ce:0.5,fkl:0.5@T=2")
     batches = [collate(student_data, b) for b in length_bucketed_batches(student_data.lengths, 8, seed=0, epoch=0)[:2]]
     results = []

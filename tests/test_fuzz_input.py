@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from kd.errors import USAGE_STATUS, run_cli
 from kd.predict import input_format, main
-from kd.sources import DataError, SourceSpec, read_source, url_problem
+from kd.data.sources import DataError, SourceSpec, read_source, url_problem
 
 FUZZ = settings(max_examples=300, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

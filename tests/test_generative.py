@@ -3,33 +3,28 @@ SmolLM2's real tokenizer (read from the packaged GGUF file), all on CPU.
 bitsandbytes runs NF4 on CPU with a float32 compute dtype."""
 import copy
 import types
+from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.batching import collate
-from kd.data import Examples
-from models.generative import (
+from kd.data.batching import collate
+from kd.data.splits import Examples
+from kd.data.prompts import PromptFormat, read_prompt_format, tokenize_prompts
+from kd.eval.inference import class_probabilities
+from kd.eval.measure import parameter_count
+from kd.train.on_policy import sample_continuations
+from models.causal_lm import load_causal_lm, load_causal_tokenizer
+from models.gguf import materialize_gguf, resolve_causal_lm
+from models.lora import load_adapters, load_qlora_student, save_adapters
+from models.verbalizer import (
     DEFAULT_WORDS,
-    PromptFormat,
     answer_batch,
     answer_token_logits,
     check_same_vocabulary,
-    class_probabilities,
-    load_adapters,
-    load_causal_lm,
-    load_qlora_student,
-    load_tokenizer,
-    materialize_gguf,
     position_ids_from_mask,
-    read_prompt_format,
-    resolve_causal_lm,
-    sample_continuations,
-    save_adapters,
     sequence_logits,
-    tokenize_prompts,
-    trainable_parameters,
     verbalizer_token_ids,
 )
 
@@ -65,7 +60,7 @@ def tokenizer():
         pytest.skip(str(err))
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok.padding_side = "right"
-    if tok.pad_token is None:  # as load_tokenizer does: transformers 5.17 reads no pad token from the GGUF
+    if tok.pad_token is None:  # as load_causal_tokenizer does: transformers 5.17 reads no pad token from the GGUF
         tok.pad_token = tok.eos_token
     return tok
 
@@ -123,7 +118,7 @@ def trained(tiny_dir, batch, tmp_path_factory):
         optimizer.step()
         losses.append(loss.item())
     model.eval()
-    adapter_dir = save_adapters(model, tokenizer, tmp_path_factory.mktemp("adapters"))
+    adapter_dir = save_adapters(model, tokenizer, tmp_path_factory.mktemp("adapters"), asdict(PromptFormat()))
     return model, losses, adapter_dir
 
 
@@ -203,7 +198,7 @@ def test_only_lora_trains_and_cross_entropy_falls(trained, tiny_dir):
     assert names and all("lora_" in n for n in names)
     base, _ = load_causal_lm(str(tiny_dir), quantize="none", device="cpu")
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable_parameters(model) == (lora, sum(p.numel() for p in base.parameters()) + lora)
+    assert (parameter_count(model, trainable_only=True), parameter_count(model)) == (lora, sum(p.numel() for p in base.parameters()) + lora)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -237,9 +232,9 @@ def test_adapters_save_and_reload(trained, batch):
     assert read_prompt_format(adapter_dir) == PromptFormat()
     with torch.no_grad():
         trained_nf4 = answer_token_logits(model, batch)
-        reloaded, _, _ = load_adapters(adapter_dir, device="cpu")
+        reloaded, _ = load_adapters(adapter_dir, device="cpu")
         torch.testing.assert_close(answer_token_logits(reloaded, batch), trained_nf4)
-        resumed, _, _ = load_adapters(adapter_dir, device="cpu", trainable=True)
+        resumed, _ = load_adapters(adapter_dir, device="cpu", trainable=True)
         assert resumed.training
         torch.testing.assert_close(answer_token_logits(resumed.eval(), batch), trained_nf4)
     names = [n for n, p in resumed.named_parameters() if p.requires_grad]
@@ -249,12 +244,13 @@ def test_adapters_save_and_reload(trained, batch):
 def test_merged_model_equals_full_precision_base_plus_adapters(trained, batch, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from models.merge_adapters import main as merge_cli
+    from kd.merge_adapters import main as merge_cli
 
     model, _, adapter_dir = trained
     merge_cli([str(adapter_dir), str(tmp_path / "merged")])
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
-    full_precision, tokenizer, prompt = load_adapters(adapter_dir, device="cpu", quantize="none")
+    full_precision, tokenizer = load_adapters(adapter_dir, device="cpu", quantize="none")
+    prompt = read_prompt_format(adapter_dir)
     with torch.no_grad():
         merged_logits = answer_token_logits(merged, batch)
         torch.testing.assert_close(merged_logits, answer_token_logits(full_precision, batch), atol=1e-5, rtol=1e-5)
@@ -333,7 +329,7 @@ def test_materialize_packaged_gguf(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left
     assert materialize_gguf(path, tmp_path) == folder  # reused
     assert "quantization_config" not in (folder / "config.json").read_text()
-    assert verbalizer_token_ids(load_tokenizer(folder), DEFAULT_WORDS) == [14005, 28420]
+    assert verbalizer_token_ids(load_causal_tokenizer(folder), DEFAULT_WORDS) == [14005, 28420]
     # One weight against gguf's own dequantization (the MLP down projection is stored unpermuted).
     tensor = next(t for t in gguf.GGUFReader(path).tensors if t.name == "blk.0.ffn_down.weight")
     expected = torch.from_numpy(gguf.quants.dequantize(tensor.data, tensor.tensor_type))

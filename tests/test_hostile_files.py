@@ -25,15 +25,14 @@ class EvilTokenizer(BertTokenizer):
 """
 
 LOADERS = {
-    "kd.classifier.load_tokenizer": "from kd.classifier import load_tokenizer; load_tokenizer(FOLDER)",
-    "kd.classifier.build_classifier": "from kd.classifier import build_classifier; from kd.config import ModelConfig; "
-                                      "build_classifier(ModelConfig(name_or_path=FOLDER))",
-    "train_student.load_teacher": "import torch, train_student; train_student.load_teacher(FOLDER, torch.device('cpu'))",
+    "models.encoder.load_tokenizer": "from models.encoder import load_tokenizer; load_tokenizer(FOLDER)",
+    "models.encoder.build_classifier": "from models.encoder import build_classifier; build_classifier(FOLDER)",
+    "models.encoder.load_frozen_classifier": "from models.encoder import load_frozen_classifier; load_frozen_classifier(FOLDER)",
     "models.quantized.load_classifier": "from models.quantized import load_classifier; load_classifier(FOLDER)",
     "models.quantized.saved_precision": "from models.quantized import saved_precision; saved_precision(FOLDER)",
     "models.student.student_from_config": "from models.student import student_from_config; student_from_config(FOLDER)",
-    "models.generative.load_tokenizer": "from models.generative import load_tokenizer; load_tokenizer(FOLDER)",
-    "models.generative.load_causal_lm": "from models.generative import load_causal_lm; load_causal_lm(FOLDER)",
+    "models.causal_lm.load_causal_tokenizer": "from models.causal_lm import load_causal_tokenizer; load_causal_tokenizer(FOLDER)",
+    "models.causal_lm.load_causal_lm": "from models.causal_lm import load_causal_lm; load_causal_lm(FOLDER)",
 }
 
 

@@ -7,9 +7,9 @@ import pytest
 from conftest import save_tiny_classifier
 
 from kd.errors import USAGE_STATUS, run_cli
-from kd.inference import predict_tokenized
+from kd.eval.inference import predict_tokenized
 from kd.predict import main
-from kd.sources import DataError, SourceSpec, read_source
+from kd.data.sources import DataError, SourceSpec, read_source
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def test_evaluate_refuses_a_non_positive_option(option, capsys):
 
 
 def test_scoring_with_batch_size_zero_is_an_error_not_garbage(model_dir):
-    from kd.batching import tokenize
-    from kd.data import Examples
+    from kd.data.batching import tokenize
+    from kd.data.splits import Examples
     from models.quantized import load_classifier
 
     model, tokenizer = load_classifier(model_dir)

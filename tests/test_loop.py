@@ -6,11 +6,11 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 from conftest import make_url_rows, write_csv
-from kd.batching import TokenizedSet, collate
-from kd.checkpoint import point_link, write_checkpoint
-from kd.classifier import cross_entropy_sum
-from kd.config import RunConfig, load_config
-from kd.loop import TrainConfig, forward_backward, train
+from kd.data.batching import TokenizedSet, collate
+from kd.train.checkpoint import point_link, write_checkpoint
+from kd.train.loss_fns import cross_entropy_sum
+from kd.train.config import RunConfig, load_config
+from kd.train.loop import TrainConfig, forward_backward, train
 
 
 def tiny_model(seed=0):
@@ -178,11 +178,11 @@ def test_clipping_covers_the_objectives_trainable_modules(tmp_path, monkeypatch)
 
 
 def test_scheduler_steps_once_per_optimizer_step_with_the_documented_rate(tmp_path, monkeypatch):
-    import kd.loop
+    import kd.train.loop
 
     schedulers = []
-    real = kd.loop.linear_warmup_decay
-    monkeypatch.setattr(kd.loop, "linear_warmup_decay", lambda *a: schedulers.append(real(*a)) or schedulers[-1])
+    real = kd.train.loop.linear_warmup_decay
+    monkeypatch.setattr(kd.train.loop, "linear_warmup_decay", lambda *a: schedulers.append(real(*a)) or schedulers[-1])
     lr, rates = 1e-3, {}
     cfg = TrainConfig(epochs=2, batch_size=8, grad_accum=4, lr=lr, warmup_ratio=0.25)  # 32 examples: 4 steps/epoch
     run_steps(tmp_path, cfg, on_step=lambda step: rates.setdefault(step, schedulers[0].get_last_lr()[0]))
@@ -199,11 +199,11 @@ def test_scheduler_steps_once_per_optimizer_step_with_the_documented_rate(tmp_pa
 def test_resume_trains_with_the_configured_learning_rate(tmp_path, monkeypatch):
     """A resumed run follows train.lr as configured now (a change the resume guard was told
     to allow), on the same schedule; an unchanged lr gives the rates of an uninterrupted run."""
-    import kd.loop
+    import kd.train.loop
 
     schedulers = []
-    real = kd.loop.linear_warmup_decay
-    monkeypatch.setattr(kd.loop, "linear_warmup_decay", lambda *a: schedulers.append(real(*a)) or schedulers[-1])
+    real = kd.train.loop.linear_warmup_decay
+    monkeypatch.setattr(kd.train.loop, "linear_warmup_decay", lambda *a: schedulers.append(real(*a)) or schedulers[-1])
     save = lambda m, folder: m.save_pretrained(folder)  # noqa: E731
 
     def rates_of(out, cfg, resume, model):

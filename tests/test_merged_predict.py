@@ -1,11 +1,11 @@
-"""A QLoRA folder (adapters, or merged by ``python -m models.merge_adapters``) is a
+"""A QLoRA folder (adapters, or merged by ``python -m kd.merge_adapters``) is a
 generative classifier: ``kd.predict``'s loader refuses it rather than loading the
 causal LM as a sequence classifier with a random head."""
 import pytest
 
 from kd.errors import run_cli
 from kd.predict import main as predict_main
-from models.merge_adapters import main as merge_cli
+from kd.merge_adapters import main as merge_cli
 from models.quantized import load_classifier
 from test_generative import batch, tiny_dir, tokenizer, trained  # noqa: F401  (module fixtures)
 

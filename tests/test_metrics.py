@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kd.metrics import binary_metrics, choose_threshold, expected_calibration_error, tpr_at_fpr
+from kd.eval.metrics import binary_metrics, choose_threshold, expected_calibration_error, tpr_at_fpr
 
 
 def test_binary_metrics_on_a_hand_computed_case():

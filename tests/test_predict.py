@@ -1,5 +1,5 @@
 """kd/predict.py: the CLI on files with good and bad rows, and agreement with
-the evaluation path (kd.inference.predict_proba)."""
+the evaluation path (kd.eval.inference.predict_proba)."""
 import csv
 import json
 import shutil
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import save_tiny_classifier
 
-from kd.inference import predict_proba
+from kd.eval.inference import predict_proba
 from kd.predict import main, read_rows
-from kd.urls import normalize_url
+from kd.data.urls import normalize_url
 from models.quantized import load_classifier, save_quantized
 
 GOOD = [

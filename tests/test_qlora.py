@@ -1,4 +1,4 @@
-"""The QLoRA recipe (kd/qlora.py): each objective against a closed form on a tiny
+"""The QLoRA recipe (train_student.py --generative, kd/train/generative.py): each objective against a closed form on a tiny
 random Llama with SmolLM2's tokenizer (NF4 on CPU), gradients, accumulation,
 the recipe end to end on generated URLs, and (slow) on a Hannousse slice with
 the real packaged SmolLM2."""
@@ -11,33 +11,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import make_url_rows, write_csv
-from kd.batching import collate
-from kd.config import load_config
-from kd.data import Examples
-from kd.inference import predict_tokenized
-from kd.loop import forward_backward
-from kd.qlora import (
-    GenerativeDistillConfig,
-    QLoRARunConfig,
-    build_objectives,
-    load_generative_teacher,
-    per_example_token_sum,
-    qlora_loss,
-)
+from kd.data.batching import collate
+from kd.train.config import load_config
+from kd.data.splits import Examples
+from kd.data.prompts import PromptFormat, read_prompt_format, tokenize_prompts
+from kd.eval.inference import class_probabilities, predict_tokenized
+from kd.train.loop import forward_backward
+from kd.train.generative import GenerativeDistillConfig, QLoRARunConfig, build_objectives, load_generative_teacher
+from kd.train.loss_fns import qlora_loss
+from kd.train.on_policy import per_example_token_sum, sample_continuations
 from losses import ModelOutputs, build_objective
-from models.generative import (
-    PromptFormat,
-    VerbalizerClassifier,
-    answer_batch,
-    answer_token_logits,
-    class_probabilities,
-    load_adapters,
-    load_qlora_student,
-    position_ids_from_mask,
-    sample_continuations,
-    sequence_logits,
-    tokenize_prompts,
-)
+from models.lora import load_adapters, load_qlora_student
+from models.verbalizer import VerbalizerClassifier, answer_batch, answer_token_logits, position_ids_from_mask, sequence_logits
 from test_generative import URLS, tiny_dir, tokenizer  # noqa: F401  (module fixtures)
 
 N = len(URLS)
@@ -115,13 +100,13 @@ def test_collated_prompts_are_the_tokenizers_right_padded_batch(data, tokenizer)
 
 def test_classifier_view_scores_like_class_probabilities_and_saves_adapters_only(tiny_dir, data, tokenizer):  # noqa: F811
     student = make_student(tiny_dir)
-    probs = torch.from_numpy(predict_tokenized(student, data, batch_size=5)).softmax(-1)
+    probs = predict_tokenized(student, data, batch_size=5).softmax(-1)
     torch.testing.assert_close(probs, class_probabilities(student.lm, tokenizer, [u for u, _ in URLS]), atol=1e-5, rtol=1e-5)
     state = student.state_dict()
     assert state and all("lora_" in k for k in state)
     other = make_student(tiny_dir, seed=5)
     assert other.load_state_dict(state) == ([], [])
-    torch.testing.assert_close(torch.from_numpy(predict_tokenized(other, data)), torch.from_numpy(predict_tokenized(student, data)))
+    torch.testing.assert_close(predict_tokenized(other, data), predict_tokenized(student, data))
 
 
 # --------------------------------------------------------------------------- objectives against closed forms
@@ -317,9 +302,9 @@ def test_recipe_writes_adapter_checkpoints_and_results(tiny_dir, gen_teacher_dir
 
     from transformers import AutoModelForCausalLM
 
-    from kd.metrics import binary_metrics
-    from kd.qlora import run
-    from models.merge_adapters import main as merge_cli
+    from kd.eval.metrics import binary_metrics
+    from train_student import distill_generative as run
+    from kd.merge_adapters import main as merge_cli
 
     csv = write_csv(tmp_path / "urls.csv", [(u.split("//")[1], y) for u, y in make_url_rows(80)])
     cfg = load_config(QLoRARunConfig, "qlora-smollm2", [
@@ -344,20 +329,21 @@ def test_recipe_writes_adapter_checkpoints_and_results(tiny_dir, gen_teacher_dir
     with open(run / "splits.csv", newline="") as handle:
         test = [(row["url"], int(row["label"])) for row in csv_module.DictReader(handle) if row["split"] == "test"]
     urls, labels = [u for u, _ in test], [y for _, y in test]
-    reloaded, tok, prompt = load_adapters(best, device="cpu")
+    reloaded, tok = load_adapters(best, device="cpu")
+    prompt = read_prompt_format(best)
     probs = class_probabilities(reloaded, tok, urls, prompt)[:, 1].numpy()
     again = binary_metrics(labels, probs, results["threshold"])
     for key in ("f1", "roc_auc", "accuracy"):
         assert again[key] == pytest.approx(results["sets"]["test"][key], abs=1e-6), key
     merge_cli([str(best), str(tmp_path / "merged")])
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
-    full, _, _ = load_adapters(best, device="cpu", quantize="none")
+    full, _ = load_adapters(best, device="cpu", quantize="none")
     torch.testing.assert_close(class_probabilities(merged, tok, urls, prompt), class_probabilities(full, tok, urls, prompt),
                                atol=1e-5, rtol=1e-5)
 
 
 def test_an_interrupted_run_resumes_from_its_adapter_state(tiny_dir, tmp_path):  # noqa: F811
-    from kd.qlora import run
+    from train_student import distill_generative as run
 
     csv = write_csv(tmp_path / "urls.csv", [(u.split("//")[1], y) for u, y in make_url_rows(80)])
 
@@ -387,10 +373,9 @@ def test_an_interrupted_run_resumes_from_its_adapter_state(tiny_dir, tmp_path): 
 
 def test_train_student_dispatches_generative_runs(monkeypatch):
     import train_student
-    from kd import qlora
 
     seen = {}
-    monkeypatch.setattr(qlora, "run", lambda cfg, resume=False: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(train_student, "distill_generative", lambda cfg, resume=False: seen.setdefault("cfg", cfg))
     cfg = train_student.main(["--generative", "--teacher", "T", "--set", "student.lora_r=4", "--epochs", "2"])
     assert isinstance(cfg, QLoRARunConfig) and cfg.teacher == "T" and cfg.student.lora_r == 4 and cfg.train.epochs == 2
     assert cfg.out_dir == "runs/qlora-smollm2"  # the qlora-smollm2 preset
@@ -408,7 +393,7 @@ def test_qlora_smollm2_on_a_hannousse_slice_beats_chance(data_dir, tiny_bert_dir
     import csv as csv_module
 
     import train_teacher
-    from kd.qlora import run
+    from train_student import distill_generative as run
 
     rows = {"legitimate": [], "phishing": []}
     with open(data_dir / "hannousse" / "dataset_phishing.csv", newline="") as handle:

@@ -5,17 +5,18 @@ import numpy as np
 import pytest
 
 from conftest import student_overrides
-from kd.inference import predict_proba
+from kd.eval.inference import predict_proba
+from kd.train.student import StudentRunConfig
 from models.quantized import load_classifier
 
 
 @pytest.fixture(scope="module")
 def student_dir(tiny_teacher_run):
     import train_student
-    from kd.config import load_config
+    from kd.train.config import load_config
 
-    cfg = load_config(train_student.StudentRunConfig, None, student_overrides(tiny_teacher_run, "student-for-quantize"))
-    train_student.run(cfg)
+    cfg = load_config(StudentRunConfig, None, student_overrides(tiny_teacher_run, "student-for-quantize"))
+    train_student.distill_encoder(cfg)
     return tiny_teacher_run / "student-for-quantize" / "best"
 
 

@@ -8,19 +8,9 @@ import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 from conftest import save_tiny_classifier
 
-from kd.inference import predict_proba
-from models.quantized import (
-    PRECISIONS,
-    load_classifier,
-    measure_latency,
-    measure_throughput,
-    memory_footprint_bytes,
-    parameter_count,
-    precision_of,
-    save_quantized,
-    saved_precision,
-    size_on_disk_bytes,
-)
+from kd.eval.inference import predict_proba
+from kd.eval.measure import measure_latency, measure_throughput, memory_footprint_bytes, parameter_count, size_on_disk_bytes
+from models.quantized import PRECISIONS, load_classifier, precision_of, save_quantized, saved_precision
 
 URLS = [
     "paypal.com.verify-account.xyz/login",

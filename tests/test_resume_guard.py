@@ -8,7 +8,7 @@ import pytest
 from conftest import make_url_rows, write_csv
 
 import train_teacher
-from kd.checkpoint import LOCK_FILE, run_folder_lock
+from kd.train.checkpoint import LOCK_FILE, run_folder_lock
 from kd.errors import UsageError, run_cli
 
 

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT, make_url_rows, write_csv
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory, tiny_bert_dir):
     import train_teacher
-    from kd.config import RunConfig, load_config
+    from kd.train.config import RunConfig, load_config
 
     root = tmp_path_factory.mktemp("bf16-run")
     data_csv = write_csv(root / "urls.csv", make_url_rows(160))
@@ -84,7 +84,7 @@ def test_evaluate_predict_and_quantize_agree_with_training(bf16_run, capsys):
 
 
 def test_checkpoints_are_selected_by_a_threshold_free_metric():
-    from kd.loop import TrainConfig
+    from kd.train.loop import TrainConfig
 
     assert TrainConfig().metric == "roc_auc"
     for preset in sorted((REPO_ROOT / "configs").glob("*.yaml")):

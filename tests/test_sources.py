@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_csv
-from kd.sources import DataError, SourceSpec, parse_label, read_source
+from kd.data.sources import DataError, SourceSpec, parse_label, read_source
 
 
 def read(path, **spec):

@@ -18,15 +18,9 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-from models.student import (
-    narrow_student,
-    prune_vocabulary,
-    pruning_report,
-    select_layers,
-    student_from_config,
-    student_from_teacher,
-    token_ids_in,
-)
+from kd.eval.measure import pruning_report
+from models.student import narrow_student, select_layers, student_from_config, student_from_teacher
+from models.vocabulary import prune_vocabulary, token_ids_in
 from conftest import make_url_rows
 
 
@@ -71,8 +65,8 @@ def logits(model, tokenizer, texts):
         (2, 1, [0]),
     ],
 )
-def test_every_other_is_evenly_spaced_with_both_ends(teacher, student, expected):
-    assert select_layers(teacher, student, "every_other") == expected
+def test_evenly_spaced_keeps_both_ends(teacher, student, expected):
+    assert select_layers(teacher, student, "evenly_spaced") == expected
 
 
 def test_first_and_explicit_layer_maps():
@@ -82,11 +76,16 @@ def test_first_and_explicit_layer_maps():
 
 @pytest.mark.parametrize(
     "num_layers, selection",
-    [(0, "every_other"), (7, "every_other"), (7, "first"), (3, [0, 1]), (2, [0, 6]), (2, [-1, 0]), (2, "last")],
+    [(0, "evenly_spaced"), (7, "evenly_spaced"), (7, "first"), (3, [0, 1]), (2, [0, 6]), (2, [-1, 0]), (2, "last")],
 )
 def test_invalid_layer_selection_raises(num_layers, selection):
     with pytest.raises(ValueError):
         select_layers(6, num_layers, selection)
+
+
+def test_the_old_name_every_other_is_refused_with_its_new_name():
+    with pytest.raises(ValueError, match="renamed 'evenly_spaced'"):
+        select_layers(6, 3, "every_other")
 
 
 # --------------------------------------------------------------------------- students from teacher layers
@@ -97,7 +96,7 @@ def test_invalid_layer_selection_raises(num_layers, selection):
 )
 def test_student_layers_are_copies_of_the_selected_teacher_layers(build, layers_key):
     teacher = build(num_layers=4)
-    student = student_from_teacher(teacher, 2, "every_other")
+    student = student_from_teacher(teacher, 2, "evenly_spaced")
     assert type(student) is type(teacher)
     assert student.config.num_hidden_layers == 2
     assert student.config.distilled_from_layers == [0, 3]
@@ -126,7 +125,7 @@ def test_full_depth_student_reproduces_the_teacher(build):
 
 def test_student_from_the_tiny_teacher_folder_saves_its_layer_map(tiny_bert_dir, tmp_path):
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
-    student = student_from_teacher(teacher, 1, "every_other")
+    student = student_from_teacher(teacher, 1, "evenly_spaced")
     assert student.config.distilled_from_layers == [0]
     assert torch.equal(student.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[0].output.dense.weight)
     assert torch.equal(student.bert.pooler.dense.weight, teacher.bert.pooler.dense.weight)

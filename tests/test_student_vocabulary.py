@@ -5,8 +5,9 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import save_tiny_classifier, student_overrides
-from kd.classifier import load_tokenizer
-from kd.config import load_config
+from models.encoder import load_tokenizer
+from kd.train.config import load_config
+from kd.train.student import StudentConfig, StudentRunConfig, student_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,10 @@ def test_student_with_another_vocabulary_reads_its_own_token_ids(tiny_teacher_ru
         return train(student, loss_fn, data, *args, **kwargs)
 
     monkeypatch.setattr(train_student, "train", recording_train)
-    cfg = load_config(train_student.StudentRunConfig, None, student_overrides(
+    cfg = load_config(StudentRunConfig, None, student_overrides(
         root, name, f"student.init={init}", f"student.name_or_path={char_student_dir}",
         "distill.objective=ce:0.5,fkl:0.5@T=2", "distill.cache_teacher_logits=false"))
-    results = train_student.run(cfg)
+    results = train_student.distill_encoder(cfg)
 
     own = load_tokenizer(str(char_student_dir))
     assert seen and seen[0] < len(own)  # the student's ids, not the teacher's WordPiece ids
@@ -51,16 +52,16 @@ def test_student_with_another_vocabulary_reads_its_own_token_ids(tiny_teacher_ru
 def test_live_teacher_terms_with_another_vocabulary_are_refused(tiny_teacher_run, char_student_dir):
     import train_student
 
-    cfg = load_config(train_student.StudentRunConfig, None, student_overrides(
+    cfg = load_config(StudentRunConfig, None, student_overrides(
         tiny_teacher_run, "student-own-vocab-hidden", "student.init=pretrained",
         f"student.name_or_path={char_student_dir}", "distill.objective=fkl@T=2,hidden_mse@map=uniform"))
     with pytest.raises(ValueError, match="another vocabulary than the teacher"):
-        train_student.run(cfg)
+        train_student.distill_encoder(cfg)
 
 
 def test_a_student_with_the_teachers_vocabulary_keeps_the_teachers_tokenizer(tiny_teacher_run):
     import train_student
 
     teacher_tokenizer = load_tokenizer(str(tiny_teacher_run / "teacher" / "best"))
-    cfg = train_student.StudentConfig(init="pretrained", name_or_path=str(tiny_teacher_run / "teacher" / "best"))
-    assert train_student.student_tokenizer(cfg, teacher_tokenizer) is teacher_tokenizer
+    cfg = StudentConfig(init="pretrained", name_or_path=str(tiny_teacher_run / "teacher" / "best"))
+    assert student_tokenizer(cfg, teacher_tokenizer) is teacher_tokenizer

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from kd.distill import cached_teacher_logits, example_keys
+from kd.train.teacher_cache import cached_teacher_logits, example_keys
 
 URLS = [f"site{i}.example/login?id={i}" for i in range(40)]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from kd.urls import host_of, normalize_url, registrable_domain
+from kd.data.urls import host_of, normalize_url, registrable_domain
 
 
 @pytest.mark.parametrize(

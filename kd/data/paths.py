@@ -7,14 +7,7 @@ from pathlib import Path
 HUB_DATASET = "pirocheto/phishing-url"
 """The Hugging Face hub copy of the Hannousse data, for users with internet."""
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def cache_root() -> Path:
-    """Where caches (teacher logits, dequantized GGUF weights) live:
-    ``$KD_CACHE_DIR``, else ``~/.cache/phish-kd``."""
-    env = os.environ.get("KD_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "phish-kd"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_data_dir() -> Path | None:

@@ -34,18 +34,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from kd.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction, split_batch, token_counts
-from kd.checkpoint import (
+from kd.data.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction, split_batch, token_counts
+from kd.train.checkpoint import (
     STATE_DIR,
     load_trainer_state,
     point_link,
     prune_checkpoints,
     save_trainer_state,
     write_checkpoint,
-    write_json,
 )
-from kd.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters
-from kd.metrics import SELECTION_METRICS
+from kd.eval.report import write_json
+from kd.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters
+from kd.eval.metrics import SELECTION_METRICS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -232,7 +232,7 @@ def train(
     resume: bool = False,
     extra_modules: dict[str, torch.nn.Module] | None = None,
     collate_fn: Callable[[TokenizedSet, object], dict] = collate,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int], bool | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (already on ``device``) and write checkpoints under ``out_dir``.
 
@@ -240,7 +240,8 @@ def train(
     ``save(model, folder)`` writes a loadable model folder (``save_pretrained``,
     tokenizer, run info). ``extra_modules`` (e.g. hidden-state projections)
     are trained and checkpointed with the model. ``on_step(step)`` is called
-    after every optimizer step (tests use it to interrupt a run).
+    after every optimizer step; when it returns ``True`` (not merely a truthy value), training stops after
+    that step without evaluating or checkpointing (kd.bench times steps so).
     """
     out_dir = Path(out_dir)
     parts = dist_info.world_size * cfg.grad_accum
@@ -391,8 +392,9 @@ def train(
             if epoch_done:
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
             last_step = state["step"] >= total_steps
-            if on_step is not None:
-                on_step(state["step"])
+            if on_step is not None and on_step(state["step"]) is True:
+                finished = True  # the caller stops the run here: no evaluation, no checkpoint
+                break
             if epoch_done or last_step or (cfg.eval_every and state["step"] % cfg.eval_every == 0):
                 stopped_early = run_evaluation()
             if stopped_early or last_step:

@@ -1,6 +1,6 @@
 """Merge trained LoRA adapters into a full-precision copy of their base model.
 
-    python -m models.merge_adapters ADAPTER_DIR OUT_DIR [--dtype bfloat16]
+    python -m kd.merge_adapters ADAPTER_DIR OUT_DIR [--dtype bfloat16]
 
 OUT_DIR is a plain Hugging Face folder (safetensors, tokenizer, and
 ``generative.json`` with the prompt format) that loads without peft.
@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from kd.errors import UsageError, run_cli
-from models.generative import META_FILE, merge_adapters
+from models.lora import META_FILE, merge_adapters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.merge_adapters", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kd.merge_adapters", description=__doc__.split("\n")[0])
     parser.add_argument("adapter_dir", help="folder written by save_adapters (adapters + generative.json)")
     parser.add_argument("out_dir", help="where to write the merged model")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
@@ -33,4 +33,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, prog="python -m models.merge_adapters"))
+    sys.exit(run_cli(main, prog="python -m kd.merge_adapters"))

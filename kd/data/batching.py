@@ -1,6 +1,6 @@
 """Tokenised URL sets and length-bucketed batches with per-batch padding.
 
-URLs are short (median ~17 WordPiece tokens, a long tail past 128), so padding
+URLs are short, with a long tail (lengths: benchmarks/notes.md), so padding
 every batch to ``max_length`` would spend most of the compute on padding.
 Batches are drawn from length-sorted "mega-batches" of shuffled examples and
 padded only to their own longest member.
@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from kd.data import Examples
+from kd.data.splits import DataConfig, DataSplits, Examples, build_splits
 
 
 @dataclass
@@ -45,6 +45,14 @@ def tokenize(examples: Examples, tokenizer, max_length: int = 128) -> TokenizedS
     ids = tokenizer(list(examples.urls), truncation=True, max_length=max_length)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return TokenizedSet(ids, np.asarray(examples.labels, dtype=np.int64), pad)
+
+
+def prepare_data(data_cfg: DataConfig, tokenizer, max_length: int, log=print) -> tuple[DataSplits, dict[str, TokenizedSet]]:
+    """Build the splits and tokenise every set once."""
+    splits = build_splits(data_cfg)
+    log(splits.report.summary())
+    tokenized = {name: tokenize(ex, tokenizer, max_length) for name, ex in splits.all_sets().items()}
+    return splits, tokenized
 
 
 def collate(data: TokenizedSet, indices, *, labels: np.ndarray | None = None) -> dict[str, torch.Tensor]:

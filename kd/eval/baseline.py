@@ -6,8 +6,8 @@ comparison exact.
 """
 from __future__ import annotations
 
-from kd.data import DataSplits
-from kd.metrics import binary_metrics, choose_threshold
+from kd.data.splits import DataSplits
+from kd.eval.metrics import binary_metrics, choose_threshold
 
 
 def tfidf_baseline(splits: DataSplits, C: float = 10.0) -> dict:

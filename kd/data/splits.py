@@ -1,7 +1,7 @@
 """Compose sources into one clean data set and split it reproducibly.
 
-Pipeline: read every source (:mod:`kd.sources`) -> normalise URLs
-(:func:`kd.urls.normalize_url`, on by default) -> drop exact duplicates ->
+Pipeline: read every source (:mod:`kd.data.sources`) -> normalise URLs
+(:func:`kd.data.urls.normalize_url`, on by default) -> drop exact duplicates ->
 drop URLs seen with both labels -> split by registrable domain (default) or at
 random, stratified and seeded -> optional extra test sets (cross-data-set
 evaluation) with URLs already in training removed.
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kd.sources import LABEL_NAMES, DataError, ReadReport, SourceSpec, read_source
-from kd.urls import normalize_url, registrable_domain
+from kd.data.sources import DataError, ReadReport, SourceSpec, read_source
+from kd.data.urls import normalize_url, registrable_domain
+from models.encoder import LABEL_NAMES
 
 SPLITS = ("train", "validation", "test")
 
@@ -33,7 +34,7 @@ class DataConfig:
     test_sets: dict = field(default_factory=dict)
     """Extra test sets, name -> list of sources, scored whole (cross-data-set)."""
     data_dir: str | None = None
-    """Folder that relative source paths resolve against (default: ``kd.paths.default_data_dir``)."""
+    """Folder that relative source paths resolve against (default: ``kd.data.paths.default_data_dir``)."""
     split: str = "domain"
     """``domain`` (no registrable domain in two splits) or ``random``."""
     fractions: list = field(default_factory=lambda: [0.8, 0.1, 0.1])
@@ -54,10 +55,10 @@ class DataConfig:
         self.fractions = list(fractions)
 
     def resolve_data_dir(self) -> None:
-        """Set an unset ``data_dir`` to :func:`kd.paths.default_data_dir` (so the
+        """Set an unset ``data_dir`` to :func:`kd.data.paths.default_data_dir` (so the
         saved config records the folder actually read)."""
         if self.data_dir is None:
-            from kd.paths import default_data_dir
+            from kd.data.paths import default_data_dir
 
             found = default_data_dir()
             self.data_dir = str(found) if found else None

@@ -1,5 +1,5 @@
-"""Distillation pieces for encoder students: the frozen teacher, its logit cache,
-and the loss function that the shared loop calls.
+"""The teacher-logit cache: a frozen teacher's logits computed once per example
+and reused by every run, split order and subset that uses the same teacher.
 
 The teacher-logit cache is keyed by *example identity* (a hash of the
 normalised URL), never by step or batch position: with shuffling, length
@@ -12,7 +12,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from kd.inference import predict_logits
-from losses import ModelOutputs
+from kd.data.batching import TokenizedSet
+from kd.eval.inference import predict_tokenized
+from models.paths import cache_root
 
 
 def example_keys(urls: list[str]) -> np.ndarray:
@@ -42,18 +43,34 @@ def model_fingerprint(folder: Path, max_length: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def teacher_scorer(teacher: torch.nn.Module, tokenizer, urls: list[str], *, max_length: int = 128,
+def teacher_scorer(teacher: torch.nn.Module, data: TokenizedSet, *, teacher_input_ids: torch.Tensor | None = None,
                    batch_size: int = 256, autocast_dtype=None):
     """``compute(indices)`` -> the frozen ``teacher``'s logits ``(len(indices), C)``
-    float32 for those (normalised) ``urls``, tokenised only then: the
-    ``compute`` of :func:`cached_teacher_logits`."""
+    float32 for rows ``indices`` of ``data``, a set already tokenised with the
+    teacher's vocabulary, or with a pruned copy of it whose ids
+    ``teacher_input_ids`` ``(K,)`` maps back (student id -> teacher id, as
+    the live teacher reads them): the ``compute`` of :func:`cached_teacher_logits`."""
+
+    def to_teacher(ids: list[int]) -> list[int]:
+        return ids if teacher_input_ids is None else teacher_input_ids[ids].tolist()
+
+    pad = to_teacher([data.pad_token_id])[0]
 
     def compute(indices: np.ndarray) -> torch.Tensor:
-        texts = [urls[i] for i in indices]
-        return torch.from_numpy(predict_logits(teacher, tokenizer, texts, normalize=False, max_length=max_length,
-                                               batch_size=batch_size, autocast_dtype=autocast_dtype, progress=True))
+        rows = TokenizedSet([to_teacher(data.input_ids[i]) for i in indices], data.labels[indices], pad)
+        return predict_tokenized(teacher, rows, batch_size=batch_size, autocast_dtype=autocast_dtype, progress=True)
 
     return compute
+
+
+def teacher_logits_file(teacher_dir: Path, max_length: int, autocast_dtype: torch.dtype | None,
+                        cache_dir: str | Path | None = None) -> Path:
+    """The teacher-logit cache of this teacher, ``max_length`` and teacher precision
+    under ``cache_dir`` (default :func:`models.paths.cache_root`): logits computed
+    under bf16 autocast and in fp32 differ, so they never share a file."""
+    root = Path(cache_dir) if cache_dir else cache_root()
+    precision = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else "float32"
+    return root / "teacher-logits" / f"{model_fingerprint(Path(teacher_dir), max_length)}-{precision}.safetensors"
 
 
 def _read_cache(cache_file: Path) -> tuple[np.ndarray, torch.Tensor | None]:
@@ -164,47 +181,3 @@ class RowTable:
         if copy is None:
             copy = self._copies[index.device] = self.table.to(index.device)
         return copy[index]
-
-
-def distillation_loss(objective, *, teacher=None, teacher_logits: torch.Tensor | None = None, teacher_input_ids=None):
-    """``loss_fn(model, batch)`` for the loop: the objective's weighted sum over the batch.
-
-    Teacher outputs come from ``teacher_logits[batch["index"]]`` (the cache)
-    when the objective needs logits only, else from a forward pass of the
-    frozen ``teacher`` (eval mode, no gradients, under the loop's autocast).
-    ``teacher_input_ids`` maps student token ids to the teacher's (a
-    vocabulary-pruned student keeps the teacher's segmentation, renumbered).
-    """
-    needs_features = objective.needs_hidden_states or objective.needs_attention_relations
-    if objective.needs_teacher and teacher is None and (teacher_logits is None or needs_features):
-        raise ValueError(f"objective {objective.spec!r} needs a live teacher (hidden states or attention) or cached logits")
-    if teacher is not None:
-        teacher.eval().requires_grad_(False)
-    cached = RowTable(teacher_logits) if teacher_logits is not None else None
-    to_teacher_ids = RowTable(teacher_input_ids) if teacher_input_ids is not None else None
-
-    def run(model, batch, want_hidden: bool) -> ModelOutputs:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=want_hidden)
-        return ModelOutputs(out.logits, out.hidden_states if want_hidden else None, batch["attention_mask"])
-
-    def loss_fn(model, batch) -> torch.Tensor:
-        from losses import capture_qkv
-
-        with capture_qkv(model, objective.student_qkv_layers) if objective.needs_attention_relations else nullcontext() as s_qkv:
-            student = run(model, batch, objective.needs_hidden_states)
-        student.qkv = s_qkv
-        teacher_out = None
-        if objective.needs_teacher:
-            if cached is not None and not needs_features:
-                teacher_out = ModelOutputs(cached.rows(batch["index"]))
-            else:
-                teacher_batch = batch
-                if to_teacher_ids is not None:
-                    teacher_batch = {**batch, "input_ids": to_teacher_ids.rows(batch["input_ids"])}
-                with torch.no_grad(), (capture_qkv(teacher, objective.teacher_qkv_layers) if objective.needs_attention_relations else nullcontext()) as t_qkv:
-                    teacher_out = run(teacher, teacher_batch, objective.needs_hidden_states)
-                teacher_out.qkv = t_qkv
-        total, _ = objective(student, teacher_out, labels=batch["labels"])
-        return total
-
-    return loss_fn

@@ -8,6 +8,7 @@ a list). Unknown sections or keys are errors that list the known ones.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from kd.data import DataConfig
-from kd.loop import TrainConfig
+from kd.data.splits import DataConfig
+from kd.train.loop import TrainConfig
 
 
 @dataclass
@@ -102,13 +103,27 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def teacher_data_section(teacher: str | Path | None) -> dict:
+    """The data section recorded in a teacher checkpoint's ``run_info.json`` (``{}`` without one)."""
+    info_file = Path(teacher) / "run_info.json" if teacher else None
+    if info_file is None or not info_file.is_file():
+        return {}
+    return json.loads(info_file.read_text())["config"]["data"]
+
+
 def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()):
-    """Build ``cls`` (e.g. :class:`RunConfig`) from a YAML preset and ``key=value`` overrides."""
+    """Build ``cls`` (e.g. :class:`RunConfig`) from a YAML preset and ``key=value`` overrides.
+
+    A config with a ``teacher`` field (a student's) starts its ``data`` section
+    from the teacher's (:func:`teacher_data_section`, the same split, so that no
+    test URL was seen by the teacher); the preset's and the overrides' ``data``
+    keys replace single fields of it.
+    """
     tree: dict = {}
     if preset is not None:
         path = Path(preset)
         if not path.is_file():
-            configs = Path(__file__).resolve().parents[1] / "configs"
+            configs = Path(__file__).resolve().parents[2] / "configs"
             candidate = configs / f"{preset}.yaml"
             if not candidate.is_file():
                 known = sorted(p.stem for p in configs.glob("*.yaml"))
@@ -120,6 +135,11 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()
         if not eq:
             raise ValueError(f"override {item!r} is not key=value (e.g. train.lr=3e-5)")
         set_dotted(tree, key.strip(), yaml.safe_load(value))
+    if "teacher" in {f.name for f in dataclasses.fields(cls)}:
+        own = tree.get("data", {})
+        if not isinstance(own, dict):
+            raise ValueError(f"data must be a mapping, got {type(own).__name__}")
+        tree["data"] = {**teacher_data_section(tree.get("teacher", cls().teacher)), **own}
     return _build(cls, tree, "")
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 LEGITIMATE, PHISHING = 0, 1
-LABEL_NAMES = ("legitimate", "phishing")
 
 LABEL_VALUES = {
     **dict.fromkeys(("0", "legitimate", "legit", "benign", "good", "safe", "clean", "false", "no", "ham"), LEGITIMATE),
@@ -319,7 +318,7 @@ def _read_records(records, spec: SourceSpec, need_label: bool, where, unit: str 
 
 
 def _read_hub(spec: SourceSpec, need_label: bool):
-    from kd.paths import HUB_DATASET
+    from kd.data.paths import HUB_DATASET
 
     name = spec.path[3:]
     offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))

@@ -27,16 +27,9 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from kd.errors import UsageError
+from kd.eval.report import write_json
 
 STATE_DIR = "trainer_state"
-
-
-def write_json(path: Path, payload) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def write_checkpoint(root: Path, name: str, write: Callable[[Path], None]) -> Path:

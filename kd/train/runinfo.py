@@ -30,7 +30,7 @@ def library_versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
@@ -67,7 +67,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 def source_hashes(data_cfg) -> dict[str, str]:
     """SHA-256 of each local source file of ``data_cfg`` (a :class:`kd.data.DataConfig`),
     keyed by its path as written in the config, as the run's data report records them."""
-    from kd.data import _resolve, file_sha256
+    from kd.data.splits import _resolve, file_sha256
 
     data_cfg = copy.deepcopy(data_cfg)
     data_cfg.resolve_data_dir()
@@ -139,9 +139,9 @@ def resolved_config(cfg) -> dict:
 
 @contextmanager
 def claim_run_folder(out_dir: Path, *, resume: bool, allowed: Sequence[str], current: dict, data_cfg) -> Iterator[None]:
-    """Run the block as the only writer of ``out_dir`` (:func:`kd.checkpoint.run_folder_lock`),
+    """Run the block as the only writer of ``out_dir`` (:func:`kd.train.checkpoint.run_folder_lock`),
     and with ``resume`` only if the run continues as it started (:func:`check_resume`)."""
-    from kd.checkpoint import run_folder_lock
+    from kd.train.checkpoint import run_folder_lock
 
     if allowed and not resume:
         raise UsageError("--allow-changed goes with --resume")

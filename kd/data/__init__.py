@@ -1,0 +1,1 @@
+"""Data: sources → cleaned URLs → splits → tokenised batches (imports nothing else of kd)."""

@@ -1,0 +1,96 @@
+"""Batched scoring of URLs with a sequence classifier: the one path that the
+training-time evaluation, ``kd.evaluate``, the quantization report and
+``kd.predict`` all share. Logits stay torch tensors; :func:`probabilities` is
+where they become numpy, for the metrics."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from kd.data.batching import TokenizedSet, collate, eval_batches, tokenize
+from kd.data.prompts import PromptFormat, tokenize_prompts
+from kd.data.splits import Examples
+from kd.data.urls import normalize_url
+from models.verbalizer import VerbalizerClassifier
+
+
+@torch.inference_mode()
+def predict_tokenized(
+    model: torch.nn.Module,
+    data: TokenizedSet,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Logits ``(N, C)`` float32 on the CPU for a tokenised set, in its order.
+
+    Batches are length-sorted and padded per batch; ``autocast_dtype`` (e.g.
+    bf16 on CUDA) runs the forward under autocast.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    out = torch.empty((len(data), model.config.num_labels), dtype=torch.float32)
+    for idx in tqdm(eval_batches(data.lengths, batch_size), desc="scoring", unit="batch", disable=not progress, leave=False):
+        batch = collate(data, idx)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
+        out[torch.from_numpy(idx)] = logits.float().cpu()
+    return out
+
+
+def predict_logits(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    max_length: int = 128,
+    device: torch.device | str | None = None,
+    normalize: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Logits ``(N, C)`` float32 on the CPU for raw ``texts``, in their given order.
+
+    The texts are normalised with :func:`kd.data.urls.normalize_url` first unless
+    ``normalize=False`` (pass already-normalised URLs that way).
+    """
+    texts = [normalize_url(t) for t in texts] if normalize else list(texts)
+    data = tokenize(Examples(texts, [0] * len(texts)), tokenizer, max_length)
+    return predict_tokenized(model, data, batch_size=batch_size, device=device, autocast_dtype=autocast_dtype, progress=progress)
+
+
+def probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Probability of the positive class (label 1, phishing) from ``(N, C)`` logits,
+    as the ``(N,)`` numpy array that the metrics (scikit-learn) and the CSV writers read."""
+    return torch.softmax(logits.float(), dim=-1)[:, 1].numpy()
+
+
+def predict_proba(model, tokenizer, texts: Sequence[str], **kwargs) -> np.ndarray:
+    """Probability of phishing per text, ``(N,)``; keyword arguments as :func:`predict_logits`."""
+    return probabilities(predict_logits(model, tokenizer, texts, **kwargs))
+
+
+def class_probabilities(
+    model,
+    tokenizer,
+    urls: Sequence[str],
+    prompt: PromptFormat = PromptFormat(),
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """``(N, C)`` float32 class probabilities (column 1: phishing) of ``urls``,
+    in their order: :class:`VerbalizerClassifier` scored by
+    ``kd.eval.inference.predict_tokenized``, the evaluation's own path."""
+    data = tokenize_prompts(Examples(list(urls), [0] * len(urls)), tokenizer, prompt)
+    classifier = VerbalizerClassifier(model, prompt.token_ids(tokenizer))
+    return predict_tokenized(classifier, data, batch_size=batch_size).softmax(-1)

@@ -1,0 +1,49 @@
+"""Report writers, one each: the fixed-width metrics table printed after a run,
+Markdown tables, CSV files and JSON files."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+METRIC_COLUMNS = (("n", "n"), ("accuracy", "acc"), ("precision", "prec"), ("recall", "recall"), ("f1", "F1"),
+                  ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"), ("tpr_at_1pct_fpr", "TPR@1%"),
+                  ("tpr_at_0.1pct_fpr", "TPR@.1%"), ("ece", "ECE"))
+"""``(metric key, column title)`` of :func:`format_table`."""
+
+
+def format_table(results: dict, title: str = "") -> str:
+    """A fixed-width table of the headline metrics per evaluated set
+    (``results[set name]`` as :func:`kd.eval.metrics.binary_metrics` gives them)."""
+    head = f"{'set':<22}" + "".join(f"{title_:>10}" for _, title_ in METRIC_COLUMNS)
+    lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
+    for name, m in results.items():
+        cells = [f"{m['n']:>10d}"] + [f"{m[key]:>10.4f}" for key, _ in METRIC_COLUMNS[1:]]
+        lines.append(f"{name:<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    """A Markdown table of already formatted cells; ``right[i]`` right-aligns column i."""
+    right = right or [False] * len(columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if r else "---|" for r in right)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """``rows`` as a CSV file with the first row's keys as the header."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_json(path: Path, payload) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""Scoring a trained classifier: validation during training, the final evaluation
+with the threshold chosen on validation, and the scoring precision recorded beside
+that threshold."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from kd.data.batching import TokenizedSet
+from kd.eval.inference import predict_tokenized, probabilities
+from kd.eval.metrics import binary_metrics, choose_threshold, save_roc_png
+
+AUTOCAST_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""Scoring precisions that run the forward under autocast; every other one
+(``fp32`` and the quantized precisions, ``nf4`` ...) runs the model as loaded."""
+
+
+def scoring_precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The name recorded in ``metrics.json`` for scoring under ``amp_dtype``
+    (``None``: no autocast, ``fp32``)."""
+    names = {dtype: name for name, dtype in AUTOCAST_PRECISIONS.items()}
+    return "fp32" if amp_dtype is None else names[amp_dtype]
+
+
+def scoring_autocast(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a recorded scoring precision (``None``: run as loaded)."""
+    return AUTOCAST_PRECISIONS.get(precision)
+
+
+def saved_scoring(model_dir: str | Path, default_precision: str = "fp32") -> tuple[float, str, str]:
+    """``(threshold, scoring precision, where they came from)`` for a model folder.
+
+    Training, ``kd.evaluate`` and ``quantize.py`` write both into
+    ``MODEL_DIR/metrics.json``: the threshold was tuned on probabilities
+    computed in that precision, so every tool that applies the threshold must
+    score in it too. Without the file: 0.5 and ``default_precision``.
+    """
+    metrics = Path(model_dir) / "metrics.json"
+    if metrics.is_file():
+        saved = json.loads(metrics.read_text())
+        if saved.get("threshold") is not None:
+            return float(saved["threshold"]), saved.get("scoring_precision", default_precision), str(metrics)
+    return 0.5, default_precision, "default"
+
+
+def make_validator(data: TokenizedSet, batch_size: int, amp_dtype):
+    """``evaluate(model) -> metrics`` on the validation set, scored under
+    ``amp_dtype`` as the final evaluation will be: F1 etc. at threshold 0.5 and
+    the threshold-free metrics (ROC-AUC, TPR at low FPR) that select the best
+    checkpoint (``train.metric``, default ``roc_auc``: the deployed threshold is
+    tuned afterwards, so F1 at 0.5 would rank checkpoints by the wrong cut)."""
+
+    def evaluate(model) -> dict:
+        probs = probabilities(predict_tokenized(model, data, batch_size=batch_size, autocast_dtype=amp_dtype))
+        metrics = binary_metrics(data.labels, probs, 0.5)
+        metrics.pop("confusion_matrix")
+        return metrics
+
+    return evaluate
+
+
+def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int, scoring_precision: str,
+                     out_dir: Path) -> dict:
+    """Choose the threshold on validation (max F1), apply it to every other set.
+
+    Every set is scored in ``scoring_precision`` (``fp32``, ``bf16`` or ``fp16``
+    autocast; a quantized precision runs as loaded), and the result records it
+    beside the threshold: the threshold only holds for probabilities computed
+    that way, so ``kd.predict``, ``kd.evaluate`` and ``quantize.py`` read both.
+    Returns ``{"threshold": t, "scoring_precision": p, "sets": {name: metrics}}``
+    and writes a ROC PNG.
+    """
+    amp_dtype = scoring_autocast(scoring_precision)
+    probs = {
+        name: probabilities(predict_tokenized(model, data, batch_size=batch_size, autocast_dtype=amp_dtype, progress=True))
+        for name, data in tokenized.items()
+        if name != "train"
+    }
+    threshold = choose_threshold(tokenized["validation"].labels, probs["validation"])
+    results = {name: binary_metrics(tokenized[name].labels, p, threshold) for name, p in probs.items()}
+    save_roc_png({name: (tokenized[name].labels, p) for name, p in probs.items()}, out_dir / "roc.png")
+    return {"threshold": threshold, "scoring_precision": scoring_precision, "sets": results}

@@ -1,0 +1,1 @@
+"""Training: configs, the loop, checkpoints, distillation and the runs of the recipes."""

@@ -1,0 +1,61 @@
+"""The encoder classifier: its tokenizer, a fresh classifier on any Hugging Face
+encoder, and a trained one loaded frozen (a teacher)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, resolve_model_path
+
+LABEL_NAMES = ("legitimate", "phishing")
+"""The classes every classifier here predicts: 0 legitimate, 1 phishing."""
+
+
+def load_tokenizer(name_or_path: str):
+    """The encoder's tokenizer, checked against the model's config (:func:`check_tokenizer`).
+
+    ``AutoTokenizer`` on the folder: in transformers 5 ``BertTokenizer(vocab_file=...)``
+    silently ignores the vocabulary.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
+    check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, **NO_REMOTE_CODE), name_or_path)
+    return tokenizer
+
+
+def build_classifier(name_or_path: str, *, pretrained: bool = True, dropout: float | None = None,
+                     label_names: Sequence[str] = LABEL_NAMES) -> torch.nn.Module:
+    """A sequence classifier with a fresh ``len(label_names)``-way head on any HF
+    encoder (SDPA attention); ``dropout`` overrides the hidden and attention
+    dropout (None: keep the config's); ``pretrained=False``: random weights."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model_path(name_or_path)
+    config = AutoConfig.from_pretrained(path, num_labels=len(label_names), **NO_REMOTE_CODE)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    if dropout is not None:
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    if pretrained:
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config, attn_implementation="sdpa",
+                                                                  **NO_REMOTE_CODE)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa", **NO_REMOTE_CODE)
+
+
+def load_frozen_classifier(path: str | Path) -> torch.nn.Module:
+    """The frozen classifier (a teacher) of checkpoint folder ``path``, once the
+    folder (no custom code) and its tokenizer have passed :func:`load_tokenizer`'s checks."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
+    load_tokenizer(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa", **NO_REMOTE_CODE)
+    return model.eval().requires_grad_(False)
