@@ -82,7 +82,7 @@ def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -
     out_dir = Path(cfg.out_dir)
     amp = autocast_dtype(cfg.train.precision, device)
 
-    teacher = load_frozen_classifier(cfg.teacher)
+    teacher = load_frozen_classifier(cfg.teacher, device)
     teacher_tokenizer = load_tokenizer(cfg.teacher)
     splits = build_splits(cfg.data)
     transfer = transfer_examples(cfg, splits, log)
@@ -149,7 +149,7 @@ def distill_generative(cfg: QLoRARunConfig, resume: bool = False, on_step=None) 
 
         def score(missing):  # loads the teacher only when the cache lacks some URLs
             teacher_train = tokenize(splits.train, load_tokenizer(cfg.teacher), cfg.model.max_length)
-            return teacher_scorer(load_frozen_classifier(cfg.teacher), teacher_train,
+            return teacher_scorer(load_frozen_classifier(cfg.teacher, device), teacher_train,
                                   batch_size=cfg.train.eval_batch_size, autocast_dtype=amp)(missing)
 
         cache = teacher_logits_file(Path(cfg.teacher), cfg.model.max_length, amp, cfg.distill.cache_dir)

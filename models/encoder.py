@@ -48,9 +48,10 @@ def build_classifier(name_or_path: str, *, pretrained: bool = True, dropout: flo
     return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa", **NO_REMOTE_CODE)
 
 
-def load_frozen_classifier(path: str | Path) -> torch.nn.Module:
-    """The frozen classifier (a teacher) of checkpoint folder ``path``, once the
-    folder (no custom code) and its tokenizer have passed :func:`load_tokenizer`'s checks."""
+def load_frozen_classifier(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The frozen classifier (a teacher) of checkpoint folder ``path`` on ``device``, in
+    eval mode, once the folder (no custom code) and its tokenizer have passed
+    :func:`load_tokenizer`'s checks."""
     from transformers import AutoModelForSequenceClassification
 
     folder = Path(path)
@@ -58,4 +59,4 @@ def load_frozen_classifier(path: str | Path) -> torch.nn.Module:
         raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
     load_tokenizer(str(folder))
     model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa", **NO_REMOTE_CODE)
-    return model.eval().requires_grad_(False)
+    return model.to(device).eval().requires_grad_(False)

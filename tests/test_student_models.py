@@ -299,3 +299,13 @@ def test_pruning_the_minilm_vocabulary_to_urls(minilm_dir):
     torch.testing.assert_close(
         logits(pruned_model.eval(), pruned_tokenizer, urls[:32]), logits(model, tokenizer, urls[:32]), rtol=0, atol=1e-5
     )
+
+
+def test_the_frozen_teacher_is_loaded_onto_the_given_device(tiny_bert_dir):
+    """The recipe's live teacher must sit where the student trains (the meta device
+    stands in for CUDA here: any device the weights were not loaded on)."""
+    from models.encoder import load_frozen_classifier
+
+    teacher = load_frozen_classifier(tiny_bert_dir, torch.device("meta"))
+    assert {p.device.type for p in teacher.parameters()} == {"meta"}
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
