@@ -15,7 +15,9 @@ def nested_sections(cls) -> list[str]:
 
 
 @pytest.mark.parametrize("cls", RECIPE_CONFIGS, ids=lambda c: c.__name__)
-def test_a_partial_section_keeps_the_recipes_other_defaults(cls):
+def test_a_partial_section_keeps_the_recipes_other_defaults(cls, tmp_path, monkeypatch):
+    # Away from any runs/teacher-minilm/best: a student's data section starts from its teacher's.
+    monkeypatch.chdir(tmp_path)
     default = cls()
     for section in nested_sections(cls):
         # Override one field of the section with a value of its own type that differs from the default.
@@ -25,7 +27,8 @@ def test_a_partial_section_keeps_the_recipes_other_defaults(cls):
         assert getattr(cfg, section) == dataclasses.replace(getattr(default, section), **{field.name: value}), section
 
 
-def test_recipe_training_defaults_survive_an_override():
+def test_recipe_training_defaults_survive_an_override(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     qlora = load_config(QLoRARunConfig, None, ["train.epochs=2"]).train
     assert (qlora.epochs, qlora.lr, qlora.batch_size, qlora.eval_batch_size) == (2, 2e-4, 16, 64)
     student = load_config(StudentRunConfig, None, ["train.epochs=2"]).train
