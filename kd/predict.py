@@ -105,6 +105,17 @@ def _pick_column(fields: list[str], column: str | None) -> int:
     raise InputFormatError(f"the CSV header {fields} has no {wanted} (name it with --column, or give --format lines)")
 
 
+def _text_or_row(number: int, raw: bytes) -> str | Row:
+    """The line's text, or its finished :class:`Row` when there is nothing to parse:
+    not UTF-8 (a reject) or blank (counted, no URL)."""
+    text = _decode(raw)
+    if text is None:
+        return Row(number, None, "not valid UTF-8", _excerpt(raw))
+    if not text.strip():
+        return Row(number, text, None, _excerpt(raw))
+    return text
+
+
 def _parse_csv_line(text: str) -> list[str]:
     return next(csv.reader([text], strict=True), [])
 
@@ -145,12 +156,9 @@ def _csv_rows(numbered: Iterator[tuple[int, bytes]], index: int, column: str) ->
 
     while (item := take()) is not None:
         number, raw = item
-        text = _decode(raw)
-        if text is None:
-            yield Row(number, None, "not valid UTF-8", _excerpt(raw))
-            continue
-        if not text.strip():
-            yield Row(number, text, None, _excerpt(raw))
+        text = _text_or_row(number, raw)
+        if isinstance(text, Row):
+            yield text
             continue
         try:
             values = _parse_csv_line(text)
@@ -174,12 +182,9 @@ def _jsonl_rows(numbered: Iterator[tuple[int, bytes]], column: str | None) -> It
     """JSON lines: each line a URL string or an object holding one under
     ``column`` (default: the first key of :data:`kd.data.sources.URL_COLUMNS`, any case)."""
     for number, raw in numbered:
-        text = _decode(raw)
-        if text is None:
-            yield Row(number, None, "not valid UTF-8", _excerpt(raw))
-            continue
-        if not text.strip():
-            yield Row(number, text, None, _excerpt(raw))
+        text = _text_or_row(number, raw)
+        if isinstance(text, Row):
+            yield text
             continue
         try:
             record = json.loads(text)
