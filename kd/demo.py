@@ -20,8 +20,7 @@ from kd.data.splits import build_splits
 from kd.cli import run_recipe
 from kd.errors import run_cli, usage_errors
 from kd.eval.baseline import tfidf_baseline
-from kd.eval.report import format_table
-from kd.eval.report import write_json
+from kd.eval.report import format_table, write_json
 from kd.train.config import RunConfig, load_config
 from kd.train.runinfo import device_description
 

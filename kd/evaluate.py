@@ -23,9 +23,8 @@ from kd.data.batching import prepare_data
 from kd.data.sources import SourceSpec
 from kd.data.splits import DataConfig
 from kd.errors import UsageError, run_cli, usage_errors
-from kd.eval.report import format_table
+from kd.eval.report import format_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
-from kd.eval.report import write_json
 from kd.train.config import RunConfig, _build, load_config
 
 

@@ -20,8 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForSequenceClassification
 
 from kd.data.batching import TokenizedSet, collate
-from kd.train.loss_fns import cross_entropy_sum
-from kd.train.loss_fns import distillation_loss
+from kd.train.loss_fns import cross_entropy_sum, distillation_loss
 from kd.train.distributed import DistInfo, init_distributed
 from kd.train.loop import TrainConfig, build_optimizer, forward_backward, train
 from losses import build_objective

@@ -12,11 +12,10 @@ from conftest import make_url_rows, student_overrides
 from kd.data.batching import TokenizedSet, collate, length_bucketed_batches, tokenize
 from kd.data.splits import Examples
 from kd.train.loss_fns import distillation_loss
-from kd.train.teacher_cache import cached_teacher_logits, example_keys, teacher_scorer
+from kd.train.teacher_cache import cached_teacher_logits, example_keys, teacher_logits_file, teacher_scorer
 from kd.eval.inference import predict_tokenized
 from kd.train.loop import forward_backward
 from kd.train.student import StudentRunConfig, transfer_examples
-from kd.train.teacher_cache import teacher_logits_file
 from losses import build_objective
 
 

@@ -11,9 +11,8 @@ import torch
 
 from kd.data.batching import tokenize
 from kd.eval.measure import measure_latency, measure_throughput, memory_footprint_bytes, parameter_count, size_on_disk_bytes
-from kd.eval.report import markdown_table
+from kd.eval.report import markdown_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
-from kd.eval.report import write_json
 from models.quantized import QUANTIZED_PRECISIONS, load_classifier, save_quantized
 
 TEACHER_PRECISIONS = ("fp32", "bf16")

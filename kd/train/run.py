@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 from kd.data.splits import DataSplits, write_split_file
-from kd.eval.report import format_table
+from kd.eval.report import format_table, write_json
 from kd.eval.scoring import final_evaluation, scoring_precision_name
-from kd.eval.report import write_json
 from kd.train.config import save_config
 from kd.train.distributed import DistInfo, default_device, init_distributed
 from kd.train.runinfo import device_description, git_commit, library_versions
