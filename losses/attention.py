@@ -32,8 +32,10 @@ from losses.divergences import kl_from_logprobs
 QKV = tuple[Tensor, Tensor, Tensor]
 
 # Where each layout keeps block i's query / key / value projections (module names).
+# RoBERTa, XLM-R and ELECTRA have BERT's layout.
 QKV_LAYOUTS = {
     "bert": ("encoder.layer.{i}.attention.self", ("query", "key", "value")),
+    "mpnet": ("encoder.layer.{i}.attention.attn", ("q", "k", "v")),
     "distilbert": ("transformer.layer.{i}.attention", ("q_lin", "k_lin", "v_lin")),
     "llama": ("layers.{i}.self_attn", ("q_proj", "k_proj", "v_proj")),
 }
@@ -44,7 +46,7 @@ def find_qkv_projections(model: nn.Module, layer: int) -> tuple[nn.Module, nn.Mo
 
     ``layer`` is 0-based over the blocks (negative counts from the end); note
     that hidden-state index ``i`` is the *output* of block ``i − 1``. Works for
-    BERT-, DistilBERT- and Llama-style models, wrapped or not (PEFT, task
+    BERT- (RoBERTa, ...), MPNet-, DistilBERT- and Llama-style models, wrapped or not (PEFT, task
     heads): the names are matched as suffixes, e.g. ``bert.encoder.layer.3.
     attention.self.query`` or ``base_model.model.model.layers.3.self_attn.q_proj``.
     """

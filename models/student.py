@@ -152,7 +152,7 @@ def narrow_student(
     setattr(config, ffn_key, intermediate_size or 4 * hidden_size)
     if hasattr(config, "distilled_from_layers"):
         del config.distilled_from_layers  # fresh weights: no layer came from a teacher
-    return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    return AutoModelForSequenceClassification.from_config(config)  # SDPA where the family has it
 
 
 def student_from_config(name_or_path: str, pretrained: bool = True, num_labels: int = 2) -> nn.Module:

@@ -30,7 +30,8 @@ def token_ids_in(texts: list[str], tokenizer, max_length: int = 128) -> list[int
 
 
 def prune_vocabulary(model: nn.Module, tokenizer, keep_ids: list[int], out_dir: str | Path | None = None):
-    """Keep only the vocabulary entries ``keep_ids``; return ``(model, tokenizer)``.
+    """Keep only the vocabulary entries ``keep_ids`` (and the ids up to the padding
+    id, which keeps its value); return ``(model, tokenizer)``.
 
     New id of a kept token = its rank in ``sorted(keep_ids)``. The model is a
     copy whose word-embedding matrix ``(V, H)`` becomes ``(K, H)`` with rows
@@ -55,7 +56,10 @@ def prune_vocabulary(model: nn.Module, tokenizer, keep_ids: list[int], out_dir: 
     pieces exists, becomes a single ``[UNK]`` (WordPiece marks whole words
     unknown, not pieces).
     """
-    keep = sorted(set(int(i) for i in keep_ids))
+    # RoBERTa and MPNet number positions from the padding id (MPNet's code fixes
+    # it at 1): the ids up to it are kept, so that it keeps its value.
+    pads = [i for i in (tokenizer.pad_token_id, model.get_input_embeddings().padding_idx) if i is not None]
+    keep = sorted(set(int(i) for i in keep_ids) | set(range(max(pads, default=-1) + 1)))
     tokenizer = _pruned_tokenizer(tokenizer, keep)
     model = _pruned_model(model, keep)
     if out_dir is not None:

