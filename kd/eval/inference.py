@@ -28,8 +28,13 @@ def predict_tokenized(
 ) -> torch.Tensor:
     """Logits ``(N, C)`` float32 on the CPU for a tokenised set, in its order.
 
-    Batches are length-sorted and padded per batch; ``autocast_dtype`` (e.g.
-    bf16 on CUDA) runs the forward under autocast.
+    The one scoring path (evaluation, ``kd.evaluate``, ``kd.predict``, the
+    bench): the examples are sorted by length (:func:`kd.data.batching.eval_batches`),
+    cut into batches of ``batch_size`` padded to their own longest member, and
+    each batch's logits are written back to its examples' input positions, so
+    little compute goes to padding and the order is the caller's. Row ``i``
+    equals scoring example ``i`` alone, up to float rounding. ``autocast_dtype``
+    (e.g. bf16) runs the forward under autocast.
     """
     from tqdm.auto import tqdm
 
