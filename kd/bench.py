@@ -29,7 +29,8 @@ What is measured (after ``--warmup`` untimed steps, ``--steps`` timed ones):
   teacher, inference), N = non-embedding parameters (lookups do no matmuls;
   attention score FLOPs are left out, URLs are short);
 - MFU = model TFLOP/s / the ceiling, an n x n matmul timed in the same run
-  (bf16 on CUDA, fp32 on CPU: the dtype the loop computes in there).
+  (bf16 on CUDA, fp32 on CPU: the dtype the loop computes in there; the bf16
+  rate for inference in bf16 weights).
 
 The Trainer gets the URLs padded to ``--max-length`` as in most tutorials; the
 loop pads each length-bucketed batch to its longest member. Inference is end to
@@ -88,7 +89,8 @@ class BenchConfig:
     steps: int = 10
     warmup: int = 2
     max_length: int = 128
-    infer_urls: int = 512
+    infer_urls: int = 2048
+    """URLs scored per precision: enough batches of ``infer_batch_size`` that length-sorting leaves little padding."""
     infer_batch_size: int = 256
     latency_repeats: int = 20
     precisions: tuple[str, ...] = ("fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8")
@@ -322,6 +324,12 @@ def qlora_section(urls: Examples, cfg: BenchConfig, device, ceiling: float) -> d
             "lora_r": cfg.lora_r}
 
 
+def inference_ceiling(ceiling: dict, precision: str) -> float:
+    """The MFU denominator of an inference row: the bf16 matmul rate for bf16 weights,
+    else the ceiling's own dtype (fp32 on the CPU, bf16 on CUDA)."""
+    return ceiling.get("bfloat16_tflops", ceiling["tflops"]) if precision == "bf16" else ceiling["tflops"]
+
+
 def top_ops_table(profiler, device: torch.device, rows: int = 15) -> str:
     """The profiler's operators sorted by self time on the device that does the work."""
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -408,7 +416,8 @@ def run(cfg: BenchConfig, log=print) -> dict:
         for role, n_params in (("teacher", n_teacher), ("student", n_student)):
             for precision in cfg.precisions:
                 record(inference, f"{role}/{precision}", log,
-                       lambda: inference_section(folders[role], precision, infer_urls, n_params, cfg, device, ceiling["tflops"]),
+                       lambda: inference_section(folders[role], precision, infer_urls, n_params, cfg, device,
+                                                 inference_ceiling(ceiling, precision)),
                        skippable=True)
     results.update(training=sections, inference=inference, profiles=profiles)
     return results
