@@ -7,7 +7,7 @@ in every precision that loads on the device.
     python -m kd.bench --profile --out benchmarks/cpu-minilm.json   # + torch.profiler top-ops tables
     python -m kd.bench --model bert-base-uncased --random-init --batch-size 256 --steps 50 --infer-urls 8192 --infer-batch-size 512 --out benchmarks/h200-bert-base.json
     python -m kd.bench --quick --out /tmp/bench.json            # seconds: a smoke run of every section
-    python -m kd.bench --suite gpu                              # the GPU benchmark in one call (about 5 min on an H100/H200)
+    python -m kd.bench --suite gpu                              # the GPU benchmark in one call (sized for about 5 min on an H100/H200)
     python -m kd.bench --suite gpu --smoke                      # the same sections on tiny models, on the CPU (< 1 min)
 
 ``--suite gpu`` is BERT-base (its shape on the packaged MiniLM's config and
@@ -526,7 +526,8 @@ SMOLLM2_360M = {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layer
                 "num_attention_heads": 15, "num_key_value_heads": 5}
 """SmolLM2-360M's shape (361.8 M parameters) on the packaged SmolLM2-135M's config and tokenizer."""
 SUITES = {
-    # Sized to finish in about 5 minutes on one H100/H200 (torch.compile takes one or two of them).
+    # Sized from the anchor timings (../shared/bench) to finish in about 5 minutes on one H100/H200,
+    # torch.compile taking one or two of them; not yet run on a GPU.
     "gpu": dict(random_init=True, teacher_shape=BERT_BASE, student_layers=6, batch_size=256, warmup=8, steps=40,
                 infer_urls=16384, infer_batch_size=512, latency_repeats=50,
                 precisions=("fp32", "bf16", "nf4", "fp4", "int8"), compile_backend="inductor",
