@@ -23,12 +23,16 @@ def test_compiled_scoring_matches_eager(tmp_path, monkeypatch):
         return real_compile(module, **{**kwargs, "backend": "aot_eager"})
 
     monkeypatch.setattr(torch, "compile", compile_on_cpu)
-    monkeypatch.setattr(inductor_config, "freezing", False)
+    freezing = inductor_config.freezing  # not monkeypatched: its undo deletes the config entry
     scores = {}
-    for flags in ([], ["--compile"]):
-        out = tmp_path / f"scores{len(flags)}.csv"
-        assert kd.predict.main(["--model", str(model), "--input", str(source), "--output", str(out), *flags]) == 0
-        with out.open(newline="") as handle:
-            scores[len(flags)] = [float(row["probability_phishing"]) for row in csv.DictReader(handle)]
-    assert compiled == [{"dynamic": True}] and inductor_config.freezing is True
+    try:
+        inductor_config.freezing = False
+        for flags in ([], ["--compile"]):
+            out = tmp_path / f"scores{len(flags)}.csv"
+            assert kd.predict.main(["--model", str(model), "--input", str(source), "--output", str(out), *flags]) == 0
+            with out.open(newline="") as handle:
+                scores[len(flags)] = [float(row["probability_phishing"]) for row in csv.DictReader(handle)]
+        assert compiled == [{"dynamic": True}] and inductor_config.freezing is True
+    finally:
+        inductor_config.freezing = freezing
     torch.testing.assert_close(torch.tensor(scores[1]), torch.tensor(scores[0]), rtol=1e-5, atol=1e-6)
