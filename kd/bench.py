@@ -7,6 +7,18 @@ in every precision that loads on the device.
     python -m kd.bench --profile --out benchmarks/cpu-minilm.json   # + torch.profiler top-ops tables
     python -m kd.bench --model bert-base-uncased --random-init --batch-size 256 --steps 50 --infer-urls 8192 --infer-batch-size 512 --out benchmarks/h200-bert-base.json
     python -m kd.bench --quick --out /tmp/bench.json            # seconds: a smoke run of every section
+    python -m kd.bench --suite gpu                              # the GPU benchmark in one call (sized for about 5 min on an H100/H200)
+    python -m kd.bench --suite gpu --smoke                      # the same sections on tiny models, on the CPU (< 1 min)
+
+``--suite gpu`` is BERT-base (its shape on the packaged MiniLM's config and
+vocabulary, random weights: speed does not depend on them) and its 6-layer
+student: the Trainer with default arguments, the loop in bf16 and under
+``torch.compile``, distillation from cached logits and from a live bf16
+teacher, inference in every precision at batch 512 and 1, and the QLoRA
+student on a SmolLM2-360M-shaped llama (NF4 + LoRA r=16). It writes
+``benchmarks/gpu-<card>.json`` and ``.md`` with the card, driver and library
+versions; ``benchmarks/gpu_suite.sh`` prepares and runs it on a machine
+without network.
 
 What is measured (after ``--warmup`` untimed steps, ``--steps`` timed ones):
 
@@ -17,7 +29,8 @@ What is measured (after ``--warmup`` untimed steps, ``--steps`` timed ones):
   teacher, inference), N = non-embedding parameters (lookups do no matmuls;
   attention score FLOPs are left out, URLs are short);
 - MFU = model TFLOP/s / the ceiling, an n x n matmul timed in the same run
-  (bf16 on CUDA, fp32 on CPU: the dtype the loop computes in there).
+  (bf16 on CUDA, fp32 on CPU: the dtype the loop computes in there; the bf16
+  rate for inference in bf16 weights).
 
 The Trainer gets the URLs padded to ``--max-length`` as in most tutorials; the
 loop pads each length-bucketed batch to its longest member. Inference is end to
@@ -29,11 +42,12 @@ import argparse
 import copy
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,7 +89,8 @@ class BenchConfig:
     steps: int = 10
     warmup: int = 2
     max_length: int = 128
-    infer_urls: int = 512
+    infer_urls: int = 2048
+    """URLs scored per precision: enough batches of ``infer_batch_size`` that length-sorting leaves little padding."""
     infer_batch_size: int = 256
     latency_repeats: int = 20
     precisions: tuple[str, ...] = ("fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8")
@@ -86,6 +101,18 @@ class BenchConfig:
     profile: bool = False
     profile_steps: int = 3
     seed: int = 0
+    suite: str | None = None
+    """The prepared run these settings come from (``--suite``), if any."""
+    teacher_shape: dict = field(default_factory=dict)
+    """Config fields that replace the ``--model``'s with ``random_init`` (e.g. BERT-base's widths)."""
+    compile_backend: str | None = None
+    """Add the row ``loop_teacher_compile``: the teacher's loop on ``torch.compile(backend=...)``."""
+    causal_model: str | None = None
+    """Add the row ``qlora``: a causal LM of this config and tokenizer (``packaged:smollm2``, a folder)
+    from random init, reshaped by ``qlora_shape``, in NF4 with LoRA adapters of rank ``lora_r``."""
+    qlora_shape: dict = field(default_factory=dict)
+    qlora_batch_size: int = 64
+    lora_r: int = 16
 
 
 # --------------------------------------------------------------------------- measuring
@@ -133,6 +160,18 @@ def throughput(samples: int, real_tokens: int, padded_tokens: int, seconds: floa
     }
 
 
+def cuda_driver() -> str | None:
+    """The NVIDIA driver's version (from ``nvidia-smi``); None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"unknown ({type(err).__name__})"
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -164,28 +203,31 @@ def benchmark_urls(cfg: BenchConfig, n: int) -> tuple[Examples, str]:
 
 
 def loop_section(model, loss_fn, data: TokenizedSet, cfg: BenchConfig, device, ceiling: float, *,
-                 n_trained: int, n_forward: int = 0, profiler=None, steps: int | None = None) -> dict:
-    """Time ``steps`` optimizer steps of :func:`kd.train.loop.train` (one micro-batch each).
+                 n_trained: int, n_forward: int = 0, profiler=None, steps: int | None = None,
+                 batch_size: int | None = None) -> dict:
+    """Time ``steps`` optimizer steps of :func:`kd.train.loop.train` (one micro-batch each)
+    of ``batch_size`` (default ``cfg.batch_size``) examples, in ``train.precision=auto``.
 
     ``data`` holds ``batch_size * (warmup + steps + 1)`` examples, so the timed
     steps stay inside the first epoch (no evaluation, no checkpoint); they use
     batches ``warmup .. warmup + steps - 1`` of the loop's own batch order.
     Useful FLOPs: ``(6 n_trained + 2 n_forward) x real tokens``.
     """
-    steps = steps or cfg.steps
+    steps, batch_size = steps or cfg.steps, batch_size or cfg.batch_size
     timer = StepTimer(cfg.warmup, steps, device, profiler)
-    train_cfg = TrainConfig(epochs=1, batch_size=cfg.batch_size, seed=cfg.seed, log_every=10**9, max_steps=10**9)
+    train_cfg = TrainConfig(epochs=1, batch_size=batch_size, seed=cfg.seed, log_every=10**9, max_steps=10**9)
     with tempfile.TemporaryDirectory(prefix="kd-bench-") as out_dir:
         train(model, loss_fn, data, lambda m: {"f1": 0.0}, train_cfg, Path(out_dir),
               save=lambda m, f: None, device=device, on_step=timer)
     if timer.seconds is None:
         raise RuntimeError(f"the loop stopped before step {cfg.warmup + steps}: {len(data)} examples are too few")
-    batches = length_bucketed_batches(data.lengths, cfg.batch_size, seed=cfg.seed, epoch=0)[cfg.warmup : cfg.warmup + steps]
+    batches = length_bucketed_batches(data.lengths, batch_size, seed=cfg.seed, epoch=0)[cfg.warmup : cfg.warmup + steps]
     real, padded = token_counts(data.lengths, batches)
     flops = (6 * n_trained + 2 * n_forward) * real
     samples = sum(len(b) for b in batches)
+    precision = autocast_dtype(train_cfg.precision, device)
     return {**throughput(samples, real, padded, timer.seconds, flops, ceiling), "peak_memory_mib": timer.peak_mib,
-            "steps": steps, "batch_size": cfg.batch_size}
+            "steps": steps, "batch_size": batch_size, "autocast": str(precision).removeprefix("torch.")}
 
 
 def trainer_section(folder: Path, examples: Examples, tokenizer, cfg: BenchConfig, device, ceiling: float) -> dict:
@@ -241,6 +283,53 @@ def inference_section(folder: Path, precision: str, urls: list[str], n_params: i
             "batch_size": cfg.infer_batch_size}
 
 
+def qlora_section(urls: Examples, cfg: BenchConfig, device, ceiling: float) -> dict:
+    """Training steps of the QLoRA student, as ``train_student.py --generative`` builds it:
+    a causal LM (``cfg.causal_model``'s config reshaped by ``cfg.qlora_shape``, random
+    weights) in NF4 with LoRA adapters of rank ``cfg.lora_r``, wrapped as a 2-way
+    classifier on the URL prompts, cross-entropy at the answer position.
+
+    Useful FLOPs per prompt token: 4 x N for the frozen base (forward, and the
+    backward to the activations; no weight gradients), N = its non-embedding
+    parameters; the adapters are left out.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from kd.data.prompts import PromptFormat, tokenize_prompts
+    from models.causal_lm import load_causal_tokenizer
+    from models.gguf import resolve_causal_lm
+    from models.lora import load_qlora_student
+    from models.paths import NO_REMOTE_CODE
+    from models.verbalizer import VerbalizerClassifier
+
+    config = AutoConfig.from_pretrained(resolve_causal_lm(cfg.causal_model), **NO_REMOTE_CODE)
+    config.update(cfg.qlora_shape)
+    tokenizer = load_causal_tokenizer(cfg.causal_model)
+    with tempfile.TemporaryDirectory(prefix="kd-bench-lm-") as folder:
+        torch.manual_seed(cfg.seed)
+        base = AutoModelForCausalLM.from_config(config)
+        n_base = parameter_count(base)
+        n_nonembedding = n_base - base.get_input_embeddings().weight.numel()
+        base.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        del base
+        lm, tokenizer = load_qlora_student(folder, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, quantize="nf4",
+                                           device=device)
+    prompt = PromptFormat()
+    model = VerbalizerClassifier(lm, prompt.token_ids(tokenizer))
+    data = tokenize_prompts(urls, tokenizer, prompt)
+    result = loop_section(model, cross_entropy_sum, data, cfg, device, ceiling, n_trained=0, n_forward=2 * n_nonembedding,
+                          batch_size=cfg.qlora_batch_size)
+    return {**result, "base_parameters": n_base, "trainable_parameters": parameter_count(lm, trainable_only=True),
+            "lora_r": cfg.lora_r}
+
+
+def inference_ceiling(ceiling: dict, precision: str) -> float:
+    """The MFU denominator of an inference row: the bf16 matmul rate for bf16 weights,
+    else the ceiling's own dtype (fp32 on the CPU, bf16 on CUDA)."""
+    return ceiling.get("bfloat16_tflops", ceiling["tflops"]) if precision == "bf16" else ceiling["tflops"]
+
+
 def top_ops_table(profiler, device: torch.device, rows: int = 15) -> str:
     """The profiler's operators sorted by self time on the device that does the work."""
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -263,7 +352,8 @@ def run(cfg: BenchConfig, log=print) -> dict:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {
-        "env": {"device": device_description(), **library_versions(), "git_commit": git_commit(),
+        "env": {"device": device_description(), "driver": cuda_driver(), "cuda": torch.version.cuda,
+                **library_versions(), "git_commit": git_commit(),
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "settings": asdict(cfg),
     }
@@ -273,13 +363,13 @@ def run(cfg: BenchConfig, log=print) -> dict:
     log(f"ceiling: {ceiling['dtype']} matmul {ceiling['n']}^3: {ceiling['tflops']:.3f} TFLOP/s ({json.dumps(ceiling)})")
 
     tokenizer = load_tokenizer(cfg.model)
-    n_train = cfg.batch_size * (cfg.warmup + max(cfg.steps, cfg.profile_steps) + 1)
+    n_train = max(cfg.batch_size, cfg.qlora_batch_size if cfg.causal_model else 0) * (cfg.warmup + max(cfg.steps, cfg.profile_steps) + 1)
     examples, source = benchmark_urls(cfg, n_train + cfg.infer_urls)
     train_examples = Examples(examples.urls[:n_train], examples.labels[:n_train])
     infer_urls = examples.urls[n_train:]
     data = tokenize(train_examples, tokenizer, cfg.max_length)
     torch.manual_seed(cfg.seed)
-    teacher = build_classifier(cfg.model, pretrained=not cfg.random_init).to(device)
+    teacher = build_classifier(cfg.model, pretrained=not cfg.random_init, shape=cfg.teacher_shape).to(device)
     student = student_from_teacher(teacher, cfg.student_layers)
     n_teacher, n_student = (parameter_count(m, without_embeddings=True) for m in (teacher, student))
     results["data"] = {"source": source, "train_examples": len(data), "inference_urls": len(infer_urls),
@@ -298,6 +388,8 @@ def run(cfg: BenchConfig, log=print) -> dict:
     frozen_teacher = copy.deepcopy(teacher)  # distillation_loss freezes it; the teacher section trains copies of `teacher`
     training = {  # name -> (fresh model, loss_fn, trained / forward-only non-embedding parameters)
         "loop_teacher": (lambda: copy.deepcopy(teacher), cross_entropy_sum, n_teacher, 0),
+        **({"loop_teacher_compile": (lambda: torch.compile(copy.deepcopy(teacher), dynamic=True, backend=cfg.compile_backend),
+                                     cross_entropy_sum, n_teacher, 0)} if cfg.compile_backend else {}),
         "loop_student": (lambda: copy.deepcopy(student), cross_entropy_sum, n_student, 0),
         "distill_cached": (lambda: copy.deepcopy(student), distillation_loss(objective, teacher_logits=teacher_logits), n_student, 0),
         "distill_live": (lambda: copy.deepcopy(student), distillation_loss(objective, teacher=frozen_teacher), n_student, n_teacher),
@@ -312,6 +404,8 @@ def run(cfg: BenchConfig, log=print) -> dict:
         for name, (fresh, loss_fn, n_trained, n_forward) in training.items():
             record(sections, name, log, lambda: loop_section(fresh(), loss_fn, data, cfg, device, ceiling["tflops"],
                                                              n_trained=n_trained, n_forward=n_forward))
+        if cfg.causal_model:
+            record(sections, "qlora", log, lambda: qlora_section(train_examples, cfg, device, ceiling["tflops"]))
         if cfg.profile:
             profiles = profile_sections(training, data, cfg, device, ceiling["tflops"], log)
         student_step = sections.get("loop_student", {}).get("samples_per_s")
@@ -322,7 +416,8 @@ def run(cfg: BenchConfig, log=print) -> dict:
         for role, n_params in (("teacher", n_teacher), ("student", n_student)):
             for precision in cfg.precisions:
                 record(inference, f"{role}/{precision}", log,
-                       lambda: inference_section(folders[role], precision, infer_urls, n_params, cfg, device, ceiling["tflops"]),
+                       lambda: inference_section(folders[role], precision, infer_urls, n_params, cfg, device,
+                                                 inference_ceiling(ceiling, precision)),
                        skippable=True)
     results.update(training=sections, inference=inference, profiles=profiles)
     return results
@@ -376,6 +471,9 @@ def format_table(results: dict) -> str:
         note = []
         if "step_time_vs_student" in r:
             note.append(f"{r['step_time_vs_student']:.2f}x student step time")
+        if "lora_r" in r:
+            note.append(f"NF4 base {r['base_parameters'] / 1e6:.0f} M + LoRA r={r['lora_r']} "
+                        f"({r['trainable_parameters'] / 1e6:.2f} M trainable), batch {r['batch_size']}")
         if "latency_ms_batch_1" in r:
             note.append(f"batch 1: {r['latency_ms_batch_1']:.1f} ms; weights {r['weights_mib']:.0f} MiB")
         rows.append([name, f"{r['samples_per_s']:,.1f}", f"{r['real_tokens_per_s']:,.0f}", f"{r['padding_fraction']:.1%}",
@@ -388,7 +486,8 @@ def markdown_report(results: dict) -> str:
     parts = [
         f"# kd.bench: {results['settings']['model']} on {env['device']}",
         "",
-        f"{env['date']}, torch {env['torch']}, transformers {env['transformers']}, bitsandbytes {env['bitsandbytes']}, "
+        f"{env['date']}, driver {env.get('driver')} (CUDA {env.get('cuda')}), torch {env['torch']}, "
+        f"transformers {env['transformers']}, bitsandbytes {env['bitsandbytes']}, "
         f"python {env['python']}, commit {env['git_commit']}.",
         f"Ceiling (MFU denominator): {c['dtype']} matmul {c['n']}^3 = {c['tflops']:.3f} TFLOP/s "
         f"(other dtype: {', '.join(f'{k} {v:.3f}' for k, v in c.items() if k.endswith('_tflops'))}). Data: {d['source']} "
@@ -405,6 +504,8 @@ def markdown_report(results: dict) -> str:
 
 
 def default_out(cfg: BenchConfig) -> Path:
+    if cfg.suite:
+        return Path("benchmarks") / f"{cfg.suite}-{re.sub(r'[^a-z0-9]+', '-', device_description().lower()).strip('-')}.json"
     slug = re.sub(r"[^a-z0-9]+", "-", f"{'cuda' if torch.cuda.is_available() else 'cpu'}-{Path(cfg.model).name}".lower()).strip("-")
     return Path("benchmarks") / f"{slug}.json"
 
@@ -418,13 +519,44 @@ def write_outputs(results: dict, out: Path) -> None:
 
 QUICK = dict(steps=2, warmup=1, batch_size=8, infer_urls=16, infer_batch_size=8, latency_repeats=2, ceiling_size=256, profile_steps=1)
 
+BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+"""bert-base-uncased's shape; with the packaged MiniLM's config and vocabulary (bert-base-uncased's
+30,522 WordPiece tokens) it is a 109.5 M-parameter BERT-base, built offline."""
+SMOLLM2_360M = {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+                "num_attention_heads": 15, "num_key_value_heads": 5}
+"""SmolLM2-360M's shape (361.8 M parameters) on the packaged SmolLM2-135M's config and tokenizer."""
+SUITES = {
+    # Sized from the anchor timings (../shared/bench) to finish in about 5 minutes on one H100/H200,
+    # torch.compile taking one or two of them; not yet run on a GPU.
+    "gpu": dict(random_init=True, teacher_shape=BERT_BASE, student_layers=6, batch_size=256, warmup=8, steps=40,
+                infer_urls=16384, infer_batch_size=512, latency_repeats=50,
+                precisions=("fp32", "bf16", "nf4", "fp4", "int8"), compile_backend="inductor",
+                causal_model="packaged:smollm2", qlora_shape=SMOLLM2_360M, qlora_batch_size=64, lora_r=16),
+}
+SMOKE = dict(teacher_shape={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128},
+             student_layers=1, batch_size=4, warmup=1, steps=2, infer_urls=16, infer_batch_size=8, latency_repeats=2,
+             ceiling_size=256, precisions=("fp32", "bf16", "nf4"), compile_backend="aot_eager", qlora_batch_size=4,
+             qlora_shape={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                          "num_attention_heads": 2, "num_key_value_heads": 1})
+"""``--smoke``: the suite's sections on tiny models, a few steps, on the CPU in well under a minute
+(``aot_eager`` traces like inductor without compiling kernels; 64 wide: NF4 quantizes in blocks of 64)."""
+SIZE_OPTIONS = ("batch_size", "steps", "warmup", "infer_urls", "infer_batch_size", "ceiling_size")
+
 
 def parse_args(argv=None) -> tuple[BenchConfig, Path | None]:
     defaults = BenchConfig()
     p = argparse.ArgumentParser(prog="python -m kd.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES),
+                   help="a prepared run: 'gpu' = every section on a BERT-base-shaped teacher (random init) and "
+                        "its 6-layer student, the loop also under torch.compile, inference at batch 512 and 1 in "
+                        "fp32/bf16/nf4/fp4/int8, and a 360M llama-shaped QLoRA student (NF4 + LoRA r=16); "
+                        "writes benchmarks/gpu-<card>.json and .md")
+    p.add_argument("--smoke", action="store_true", help="with --suite: the same sections on tiny models, a few steps (the CPU test of the suite)")
     p.add_argument("--model", default=defaults.model, help="teacher: hub name, folder or packaged:minilm (default: %(default)s)")
+    p.add_argument("--causal-model", help="with --suite gpu: config and tokenizer of the QLoRA student (default: packaged:smollm2; "
+                                          "a folder with config.json and the tokenizer files will do)")
     p.add_argument("--random-init", action="store_true", help="random weights from the model's config (speed does not depend on them)")
-    p.add_argument("--student-layers", type=int, default=defaults.student_layers, help="student depth, layers copied from the teacher (default: %(default)s)")
+    p.add_argument("--student-layers", type=int, help=f"student depth, layers copied from the teacher (default: {defaults.student_layers})")
     p.add_argument("--batch-size", type=int, help=f"training batch (default: {defaults.batch_size}; --quick {QUICK['batch_size']})")
     p.add_argument("--steps", type=int, help=f"timed optimizer steps per section (default: {defaults.steps}; --quick {QUICK['steps']})")
     p.add_argument("--warmup", type=int, help=f"untimed steps before them (default: {defaults.warmup}; --quick {QUICK['warmup']})")
@@ -432,32 +564,38 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path | None]:
     p.add_argument("--infer-urls", type=int, help=f"URLs scored per precision (default: {defaults.infer_urls})")
     p.add_argument("--infer-batch-size", type=int, help=f"inference batch (default: {defaults.infer_batch_size})")
     p.add_argument("--ceiling-size", type=int, help="n of the n x n ceiling matmul (default: 8192 on CUDA, 2048 on CPU; --quick 256)")
-    p.add_argument("--precisions", default=",".join(defaults.precisions), help="inference precisions, comma-separated (default: %(default)s)")
+    p.add_argument("--precisions", help=f"inference precisions, comma-separated (default: {','.join(defaults.precisions)})")
     p.add_argument("--synthetic", action="store_true", help="generated URLs instead of ../shared/data/hannousse")
     p.add_argument("--data-dir", help="folder with hannousse/dataset_phishing.csv (default: ../shared/data or ./data)")
     p.add_argument("--profile", action="store_true", help="also profile each loop section (torch.profiler top-ops tables, into the .md and .json)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run (seconds with a tiny model); the explicit options still apply")
-    p.add_argument("--out", type=Path, help="results JSON (+ .md next to it); default benchmarks/<device>-<model>.json, none with --quick")
+    p.add_argument("--out", type=Path, help="results JSON (+ .md next to it); default benchmarks/<device>-<model>.json "
+                                            "(--suite gpu: benchmarks/gpu-<card>.json), none with --quick or --smoke")
     args = p.parse_args(argv)
-    sizes = {**(QUICK if args.quick else {}), **{k: v for k, v in vars(args).items()
-                                                 if k in ("batch_size", "steps", "warmup", "infer_urls", "infer_batch_size", "ceiling_size") and v is not None}}
-    cfg = BenchConfig(model=args.model, random_init=args.random_init, student_layers=args.student_layers,
-                      max_length=args.max_length, precisions=tuple(args.precisions.split(",")), synthetic=args.synthetic,
-                      data_dir=args.data_dir, profile=args.profile, **sizes)
+    if args.smoke and not args.suite:
+        raise UsageError("--smoke goes with --suite (for the plain bench's tiny run, give --quick)")
+    preset = {**SUITES.get(args.suite, {}), **(SMOKE if args.smoke else {}), **(QUICK if args.quick else {})}
+    given = {k: v for k, v in vars(args).items() if k in (*SIZE_OPTIONS, "student_layers", "causal_model") and v is not None}
+    if args.precisions:
+        given["precisions"] = tuple(args.precisions.split(","))
+    cfg = BenchConfig(**{**preset, **given, "model": args.model, "random_init": args.random_init or preset.get("random_init", False),
+                         "max_length": args.max_length, "synthetic": args.synthetic, "data_dir": args.data_dir,
+                         "profile": args.profile, "suite": args.suite})
     if min(cfg.steps, cfg.warmup, cfg.batch_size) < 1:
         raise UsageError("--steps, --warmup and --batch-size must be at least 1")
-    out = args.out if args.out or args.quick else default_out(cfg)
+    out = args.out if args.out or args.quick or args.smoke else default_out(cfg)
     return cfg, out
 
 
-def main(argv=None) -> dict:
+def main(argv=None, log=print) -> dict:
+    """Run the bench; ``log`` gets every line printed, the table last but for where it was written."""
     cfg, out = parse_args(argv)
-    results = run(cfg)
-    print()
-    print(format_table(results))
+    results = run(cfg, log)
+    log("")
+    log(format_table(results))
     if out is not None:
         write_outputs(results, out)
-        print(f"\nwrote {out} and {out.with_suffix('.md')}")
+        log(f"\nwrote {out} and {out.with_suffix('.md')}")
     return results
 
 

@@ -6,13 +6,17 @@
 URLs are normalised exactly as in training (:func:`kd.data.urls.normalize_url`)
 and scored through :func:`kd.eval.inference.predict_proba`, the path the evaluation
 uses, so a URL gets the same probability here as there. Files are streamed in
-chunks; every input row ends up either in the scores or in the rejects file.
+windows of rows, each scored in length-sorted batches with the input order
+restored; every input row ends up either in the scores or in the rejects file.
+Under ``torchrun --nproc_per_node N`` the windows are shared out among the N
+processes and rank 0 joins their parts in input order.
 """
 from __future__ import annotations
 
 import argparse
 import codecs
 import csv
+import heapq
 import itertools
 import json
 import os
@@ -23,15 +27,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from kd.argtypes import positive_int, probability, token_length
+from kd.data.batching import windows
 from kd.errors import UsageError, run_cli
-from kd.eval.inference import predict_proba
+from kd.eval.inference import compile_for_inference, predict_proba
 from kd.eval.scoring import saved_scoring, scoring_autocast
 from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
 from kd.data.urls import normalize_url
+from kd.train.distributed import DistInfo, all_reduce_sum, barrier, default_device, init_distributed
 
 DEFAULT_MAX_CHARS = 2048
-CHUNK_ROWS = 4096
+CHUNK_ROWS = 65536
+"""Rows read, length-sorted and scored at a time (the window): bounds memory, and keeps padding low."""
 EXCERPT_CHARS = 200
 MAX_FIELD_LINES = 8
 """A CSV field quoted across more lines than this is not looked for: the line is malformed."""
@@ -305,6 +314,54 @@ def replace_on_success(*paths: Path):
                 os.unlink(temp.name)
 
 
+def score_rows(model, tokenizer, rows: Iterable[Row], scores, rejects, counts: Counts, *, threshold: float,
+               max_chars: int, window: int, shard: DistInfo = DistInfo(), **predict_kwargs) -> None:
+    """Score ``rows`` into the CSV writers ``scores`` and ``rejects``, ``window`` rows at a time.
+
+    Each window is read, screened and scored as one
+    :func:`kd.eval.inference.predict_proba` call, which sorts its URLs by
+    length into batches and gives the scores back in input order: at most
+    ``window`` rows are held, however long the input. Under ``shard``
+    (``torchrun``), this rank takes windows ``rank, rank + N, ...`` of the
+    ``N = world_size``, and counts only the rows of those.
+    """
+    for k, chunk in enumerate(windows(rows, window)):
+        if k % shard.world_size != shard.rank:
+            continue
+        counts.read += len(chunk)
+        good = []
+        for row in chunk:
+            normalized, reason = (None, row.reason) if row.reason else screen_url(row.url, max_chars)
+            if reason is None:
+                good.append((row, row.url.strip(), normalized))
+            else:
+                rejects.writerow((row.line, reason, row.content))
+                counts.rejected += 1
+        probs = predict_proba(model, tokenizer, [n for _, _, n in good], normalize=False, **predict_kwargs) if good else []
+        for (row, url, normalized), p in zip(good, probs):
+            if not 0 <= p <= 1:  # NaN too
+                rejects.writerow((row.line, f"the model gave probability {p}", row.content))
+                counts.rejected += 1
+                counts.failed += 1
+                continue
+            label = "phishing" if p >= threshold else "legitimate"
+            scores.writerow((row.line, url, normalized, label, float(p)))
+            counts.scored += 1
+
+
+def join_parts(parts: list[Path], out, header: tuple[str, ...]) -> None:
+    """Write ``header`` and the CSV rows of every part to the handle ``out``,
+    merged by line number (each part is in input order, and no line is in two)."""
+    handles = [part.open(newline="", encoding="utf-8") for part in parts]
+    try:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(heapq.merge(*(csv.reader(h) for h in handles), key=lambda row: int(row[0])))
+    finally:
+        for handle in handles:
+            handle.close()
+
+
 def score_file(
     model,
     tokenizer,
@@ -317,18 +374,23 @@ def score_file(
     fmt: str = "auto",
     max_chars: int = DEFAULT_MAX_CHARS,
     chunk_rows: int = CHUNK_ROWS,
-    batch_size: int = 256,
-    max_length: int = 128,
-    autocast_dtype=None,
+    shard: DistInfo = DistInfo(),
     progress: bool | None = None,
+    **predict_kwargs,
 ) -> Counts:
     """Score every row of ``input_path`` into ``output_path`` (CSV with
     :data:`SCORE_COLUMNS`) or write it to ``rejects_path`` (:data:`REJECT_COLUMNS`).
 
-    Rows are scored ``chunk_rows`` at a time, so memory does not grow with the
-    file, under ``autocast_dtype`` (the model's scoring precision). Both
-    outputs are written to temporary files and renamed into place at the end.
-    ``progress=None`` shows a bar only on a terminal.
+    Rows are read, length-sorted and scored ``chunk_rows`` at a time
+    (:func:`score_rows`), so memory does not grow with the file;
+    ``predict_kwargs`` go to :func:`kd.eval.inference.predict_proba`
+    (``batch_size``, ``max_length``, ``autocast_dtype``: the model's scoring
+    precision). Both outputs are written to temporary files and renamed into
+    place at the end. Under ``torchrun`` (``shard`` with ``world_size`` N),
+    every rank reads the file, scores its share of the windows into part files
+    beside the output, and rank 0 joins the parts in input order; every rank
+    returns the counts summed over all ranks. ``progress=None`` shows a bar
+    (rank 0's) only on a terminal.
     """
     from tqdm.auto import tqdm
 
@@ -336,49 +398,43 @@ def score_file(
     check_paths(input_path, output_path, rejects_path)
     fmt = input_format(input_path, fmt, column)
     counts = Counts()
+    show = progress if shard.is_main else False
+    kwargs = dict(threshold=threshold, max_chars=max_chars, window=chunk_rows, shard=shard, **predict_kwargs)
     with (
         input_path.open("rb") as source,
-        replace_on_success(output_path, rejects_path) as (out, rej),
         tqdm(total=input_path.stat().st_size, unit="B", unit_scale=True, desc="scoring",
-             disable=None if progress is None else not progress) as bar,
+             disable=None if show is None else not show) as bar,
     ):
-        scores, rejects = csv.writer(out), csv.writer(rej)
-        scores.writerow(SCORE_COLUMNS)
-        rejects.writerow(REJECT_COLUMNS)
-
         def lines():
             for raw in source:
                 bar.update(len(raw))
                 yield raw
 
-        def flush(chunk: list[tuple[Row, str, str]]) -> None:
-            probs = predict_proba(model, tokenizer, [n for _, _, n in chunk], normalize=False,
-                                  batch_size=batch_size, max_length=max_length, autocast_dtype=autocast_dtype)
-            for (row, url, normalized), p in zip(chunk, probs):
-                if not 0 <= p <= 1:  # NaN too
-                    rejects.writerow((row.line, f"the model gave probability {p}", row.content))
-                    counts.rejected += 1
-                    counts.failed += 1
-                    continue
-                label = "phishing" if p >= threshold else "legitimate"
-                scores.writerow((row.line, url, normalized, label, float(p)))
-                counts.scored += 1
-
-        chunk: list[tuple[Row, str, str]] = []
-        for row in read_rows(lines(), fmt, column):
-            counts.read += 1
-            normalized, reason = (None, row.reason) if row.reason else screen_url(row.url, max_chars)
-            if reason is not None:
-                rejects.writerow((row.line, reason, row.content))
-                counts.rejected += 1
-                continue
-            chunk.append((row, row.url.strip(), normalized))
-            if len(chunk) == chunk_rows:
-                flush(chunk)
-                chunk = []
-        if chunk:
-            flush(chunk)
-    return counts
+        rows = read_rows(lines(), fmt, column)
+        if not shard.enabled:
+            with replace_on_success(output_path, rejects_path) as (out, rej):
+                scores, rejects = csv.writer(out), csv.writer(rej)
+                scores.writerow(SCORE_COLUMNS)
+                rejects.writerow(REJECT_COLUMNS)
+                score_rows(model, tokenizer, rows, scores, rejects, counts, **kwargs)
+            return counts
+        parts = {path: [path.resolve().parent / f".{path.name}.part-{r}-of-{shard.world_size}.tmp"
+                        for r in range(shard.world_size)] for path in (output_path, rejects_path)}
+        try:
+            with (parts[output_path][shard.rank].open("w", newline="", encoding="utf-8") as out,
+                  parts[rejects_path][shard.rank].open("w", newline="", encoding="utf-8") as rej):
+                score_rows(model, tokenizer, rows, csv.writer(out), csv.writer(rej), counts, **kwargs)
+            barrier(shard)
+            if shard.is_main:
+                with replace_on_success(output_path, rejects_path) as (out, rej):
+                    join_parts(parts[output_path], out, SCORE_COLUMNS)
+                    join_parts(parts[rejects_path], rej, REJECT_COLUMNS)
+            barrier(shard)
+        finally:
+            for part in (parts[output_path][shard.rank], parts[rejects_path][shard.rank]):
+                part.unlink(missing_ok=True)
+    total = all_reduce_sum(torch.tensor([counts.read, counts.scored, counts.rejected, counts.failed]), shard)
+    return Counts(*total.tolist())
 
 
 def print_table(model, tokenizer, urls: list[str], threshold: float, max_chars: int, **predict_kwargs) -> int:
@@ -420,7 +476,10 @@ a quoted field spanning lines, a JSON line that does not parse or holds no URL.
 With --input they go to --rejects with their line number (1-based, counting
 blank lines and a CSV header) and the reason; stderr gets a summary of rows
 read / scored / rejected. Scores keep the input order. The file is streamed in
-chunks of --chunk-rows rows, with a progress bar on a terminal. Both files are
+windows of --chunk-rows rows: each window's URLs are sorted by length into
+batches (little padding) and their scores written back in input order, so
+memory stays bounded however long the file; a progress bar shows on a
+terminal. Both files are
 written under temporary names and renamed into place when the run ends; the
 input, output and rejects must be three different files.
 
@@ -431,10 +490,16 @@ exit status: 0 when every row was scored or rejected for its content, 1 when
 the model gave a probability outside [0, 1] (NaN) for some row (rejected with
 that reason), 2 for a usage or input-format error (nothing is written).
 
+several processes (CPU cores or GPUs): torchrun --nproc_per_node N -m kd.predict
+--input ... shares the windows out among N processes (one GPU each, when there
+are GPUs); each writes its part beside the output and rank 0 joins them in
+input order, into the same files as one process would write.
+
 examples:
   python -m kd.predict --model runs/student http://paypal.com.verify.xyz/login
   python -m kd.predict --model runs/student-nf4 --input urls.txt --output scores.csv
-  python -m kd.predict --model runs/teacher --input data.csv --column link --output scores.csv""",
+  python -m kd.predict --model runs/teacher --input data.csv --column link --output scores.csv
+  torchrun --nproc_per_node 2 -m kd.predict --model runs/student --input urls.txt --output scores.csv""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("urls", nargs="*", metavar="URL",
@@ -469,8 +534,13 @@ examples:
     parser.add_argument("--batch-size", type=positive_int, default=256, help="URLs per forward pass (default: 256)")
     parser.add_argument("--max-length", type=token_length, default=128,
                         help="truncate to this many tokens, as in training (default: 128)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model with inductor's weight freezing (kd.eval.inference."
+                             "compile_for_inference): the first batches compile (tens of seconds on a CPU), "
+                             "later ones run faster; for long files")
     parser.add_argument("--chunk-rows", type=positive_int, default=CHUNK_ROWS,
-                        help=f"rows read and scored at a time, bounding memory (default: {CHUNK_ROWS})")
+                        help="rows read, sorted by length and scored at a time (the window), bounding "
+                             f"memory (default: {CHUNK_ROWS})")
     return parser
 
 
@@ -480,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.urls) == bool(args.input):
         parser.error("give either URLs or --input FILE (not both)")
+    if args.urls and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("under torchrun give --input FILE (URLs on the command line are scored by one process)")
     if args.input:
         if not args.output:
             parser.error("--input needs --output")
@@ -497,19 +569,26 @@ def main(argv: list[str] | None = None) -> int:
     from models.quantized import load_classifier, saved_precision
 
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars; ours is the one to watch
+    shard = init_distributed()
+    device = args.device or (default_device(shard) if shard.enabled else None)
     try:
-        model, tokenizer = load_classifier(args.model, args.precision, args.device)
+        model, tokenizer = load_classifier(args.model, args.precision, device)
         saved = saved_precision(args.model)
     except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
         raise UsageError(str(err)) from err
+    if args.compile:
+        model = compile_for_inference(model)
     threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
     if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision
         scoring = args.precision
-        print(f"note: the saved threshold was chosen for the {saved} model, this is its {scoring} variant",
-              file=sys.stderr)
+        if shard.is_main:
+            print(f"note: the saved threshold was chosen for the {saved} model, this is its {scoring} variant",
+                  file=sys.stderr)
     if args.threshold is not None:
         threshold, source = args.threshold, "--threshold"
-    print(f"threshold {threshold:g} ({source}), scoring in {scoring}", file=sys.stderr)
+    if shard.is_main:
+        print(f"threshold {threshold:g} ({source}), scoring in {scoring}"
+              + (f", {shard.world_size} processes" if shard.enabled else ""), file=sys.stderr)
     predict_kwargs = {"batch_size": args.batch_size, "max_length": args.max_length,
                       "autocast_dtype": scoring_autocast(scoring)}
     if args.urls:
@@ -518,10 +597,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = score_file(
             model, tokenizer, args.input, args.output, rejects, threshold=threshold,
-            column=args.column, fmt=fmt, max_chars=args.max_chars, chunk_rows=args.chunk_rows, **predict_kwargs,
+            column=args.column, fmt=fmt, max_chars=args.max_chars, chunk_rows=args.chunk_rows, shard=shard,
+            **predict_kwargs,
         )
     except InputFormatError as err:  # e.g. the file changed since it was checked
         raise UsageError(str(err)) from err
+    if not shard.is_main:
+        return 1 if counts.failed else 0
     print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "
           f"rejected {counts.rejected} -> {rejects}", file=sys.stderr)
     if counts.failed:

@@ -2,7 +2,7 @@
 encoder, and a trained one loaded frozen (a teacher)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -28,16 +28,20 @@ def load_tokenizer(name_or_path: str):
 
 
 def build_classifier(name_or_path: str, *, pretrained: bool = True, dropout: float | None = None,
-                     label_names: Sequence[str] = LABEL_NAMES) -> torch.nn.Module:
+                     label_names: Sequence[str] = LABEL_NAMES, shape: Mapping | None = None) -> torch.nn.Module:
     """A sequence classifier with a fresh ``len(label_names)``-way head on any HF
     encoder (SDPA attention where the family has it, transformers' default;
     MPNet has only the eager path); ``dropout`` overrides the hidden and
     attention dropout (None: keep the config's); ``pretrained=False``: random
-    weights."""
+    weights, where ``shape`` may replace config fields (e.g. ``hidden_size``: a
+    BERT-base-shaped model from a small model's config and vocabulary)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    if shape and pretrained:
+        raise ValueError("a pretrained model keeps its shape; give shape= with pretrained=False")
     path = resolve_model_path(name_or_path)
     config = AutoConfig.from_pretrained(path, num_labels=len(label_names), **NO_REMOTE_CODE)
+    config.update(dict(shape or {}))
     config.id2label = dict(enumerate(label_names))
     config.label2id = {name: i for i, name in enumerate(label_names)}
     if dropout is not None:

@@ -41,8 +41,9 @@ CASES = {  # name -> (objective spec or None for plain cross-entropy, shards)
     "distill_unequal": (DISTILL_SPEC, "unequal"),
     "distill_accum": (DISTILL_SPEC, "accum"),
 }
-TRAIN_CFG = dict(epochs=1, batch_size=8, max_steps=3, eval_every=2, log_every=1, lr=1e-3)
-"""The tiny ``train()``: global batch 8; the 2 ranks run it with 2 micro-batches of 2 each."""
+TRAIN_CFG = dict(epochs=1, batch_size=8, max_steps=3, eval_every=2, log_every=1, lr=1e-3, precision="fp32")
+"""The tiny ``train()``: global batch 8; the 2 ranks run it with 2 micro-batches of 2 each (in fp32:
+``auto`` is bf16 on CPUs with native bf16, too coarse for comparing updates at 1e-5)."""
 
 
 def bert(hidden: int, layers: int, seed: int) -> BertForSequenceClassification:

@@ -7,6 +7,8 @@ padded only to their own longest member.
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -125,6 +127,16 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Deterministic length-sorted batches for evaluation (no shuffling)."""
     order = np.argsort(-lengths, kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def windows(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items of ``items`` (the last may be shorter),
+    drawn lazily: a stream is never read more than one window ahead."""
+    if size < 1:
+        raise ValueError(f"a window holds at least 1 item, got {size}")
+    iterator = iter(items)
+    while window := list(itertools.islice(iterator, size)):
+        yield window
 
 
 def token_counts(lengths: np.ndarray, batches: list[np.ndarray]) -> tuple[int, int]:

@@ -102,10 +102,11 @@ def size_on_disk_bytes(folder: str | Path, *, weights_only: bool = False) -> int
 
 def measure_latency(
     model, tokenizer, urls: list[str], *, batch_size: int = 1, warmup: int = 5, repeats: int = 50,
-    max_length: int = 128,
+    max_length: int = 128, autocast_dtype: torch.dtype | None = None,
 ) -> float:
     """Median milliseconds to score one batch of ``batch_size`` URLs, end to end
-    (normalise, tokenise, pad, forward) through :func:`kd.eval.inference.predict_logits`.
+    (normalise, tokenise, pad, forward under ``autocast_dtype``) through
+    :func:`kd.eval.inference.predict_logits`.
 
     Batch ``i`` holds ``urls[i*b : (i+1)*b]`` (cycling), so the times cover a
     spread of lengths; the first ``warmup`` batches are not timed.
@@ -116,7 +117,7 @@ def measure_latency(
         batch = [urls[(i * batch_size + j) % len(urls)] for j in range(batch_size)]
         synchronize(device)
         start = time.perf_counter()
-        predict_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length)
+        predict_logits(model, tokenizer, batch, batch_size=batch_size, max_length=max_length, autocast_dtype=autocast_dtype)
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -124,15 +125,17 @@ def measure_latency(
 
 
 def measure_throughput(
-    model, tokenizer, urls: list[str], *, batch_size: int = 256, max_length: int = 128
+    model, tokenizer, urls: list[str], *, batch_size: int = 256, max_length: int = 128,
+    autocast_dtype: torch.dtype | None = None,
 ) -> float:
-    """URLs per second scoring all of ``urls`` (bucketed by length, as the
+    """URLs per second scoring all of ``urls`` (sorted by length into batches, as the
     evaluation does) after one warm-up batch, end to end as in :func:`measure_latency`."""
     device = next(model.parameters()).device
-    predict_logits(model, tokenizer, urls[:batch_size], batch_size=batch_size, max_length=max_length)
+    kwargs = {"batch_size": batch_size, "max_length": max_length, "autocast_dtype": autocast_dtype}
+    predict_logits(model, tokenizer, urls[:batch_size], **kwargs)
     synchronize(device)
     start = time.perf_counter()
-    predict_logits(model, tokenizer, urls, batch_size=batch_size, max_length=max_length)
+    predict_logits(model, tokenizer, urls, **kwargs)
     synchronize(device)
     return len(urls) / (time.perf_counter() - start)
 
