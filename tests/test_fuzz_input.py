@@ -67,11 +67,18 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    """A folder for the examples' files under pytest's own temporary root, which it
+    prunes (hypothesis examples cannot take the function-scoped ``tmp_path``)."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
 @FUZZ
 @given(file=input_files(), opts=options)
-def test_predict_accounts_for_every_line(model_dir, file, opts, capsys):
+def test_predict_accounts_for_every_line(model_dir, scratch, file, opts, capsys):
     content, suffix = file
-    folder = Path(tempfile.mkdtemp())
+    folder = Path(tempfile.mkdtemp(dir=scratch))
     source, output = folder / f"in{suffix}", folder / "out.csv"
     source.write_bytes(content)
     argv = ["--model", str(model_dir), "--input", str(source), "--output", str(output)]
@@ -105,9 +112,9 @@ def test_predict_accounts_for_every_line(model_dir, file, opts, capsys):
 @FUZZ
 @given(file=input_files(), fmt=st.sampled_from(["auto", "lines", "csv", "json", "jsonl"]),
        label=st.sampled_from([None, "phishing"]), max_chars=st.integers(1, 60))
-def test_reader_fails_clearly_or_screens_every_row(file, fmt, label, max_chars):
+def test_reader_fails_clearly_or_screens_every_row(scratch, file, fmt, label, max_chars):
     content, suffix = file
-    path = Path(tempfile.mkdtemp()) / f"d{suffix}"
+    path = Path(tempfile.mkdtemp(dir=scratch)) / f"d{suffix}"
     path.write_bytes(content)
     try:
         rows, report = read_source(SourceSpec(str(path), format=fmt, label=label), max_url_chars=max_chars)
