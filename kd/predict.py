@@ -36,7 +36,7 @@ from kd.eval.inference import compile_for_inference, predict_proba
 from kd.eval.scoring import saved_scoring, scoring_autocast
 from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
 from kd.data.urls import normalize_url
-from kd.train.distributed import DistInfo, all_reduce_sum, barrier, default_device, init_distributed
+from kd.train.distributed import DistInfo, all_reduce_sum, barrier, close_distributed, default_device, init_distributed
 
 DEFAULT_MAX_CHARS = 2048
 CHUNK_ROWS = 65536
@@ -570,47 +570,50 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars; ours is the one to watch
     shard = init_distributed()
-    device = args.device or (default_device(shard) if shard.enabled else None)
     try:
-        model, tokenizer = load_classifier(args.model, args.precision, device)
-        saved = saved_precision(args.model)
-    except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
-        raise UsageError(str(err)) from err
-    if args.compile:
-        model = compile_for_inference(model)
-    threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
-    if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision
-        scoring = args.precision
+        device = args.device or (default_device(shard) if shard.enabled else None)
+        try:
+            model, tokenizer = load_classifier(args.model, args.precision, device)
+            saved = saved_precision(args.model)
+        except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
+            raise UsageError(str(err)) from err
+        if args.compile:
+            model = compile_for_inference(model)
+        threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
+        if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision
+            scoring = args.precision
+            if shard.is_main:
+                print(f"note: the saved threshold was chosen for the {saved} model, this is its {scoring} variant",
+                      file=sys.stderr)
+        if args.threshold is not None:
+            threshold, source = args.threshold, "--threshold"
         if shard.is_main:
-            print(f"note: the saved threshold was chosen for the {saved} model, this is its {scoring} variant",
-                  file=sys.stderr)
-    if args.threshold is not None:
-        threshold, source = args.threshold, "--threshold"
-    if shard.is_main:
-        print(f"threshold {threshold:g} ({source}), scoring in {scoring}"
-              + (f", {shard.world_size} processes" if shard.enabled else ""), file=sys.stderr)
-    predict_kwargs = {"batch_size": args.batch_size, "max_length": args.max_length,
-                      "autocast_dtype": scoring_autocast(scoring)}
-    if args.urls:
-        return 1 if print_table(model, tokenizer, args.urls, threshold, args.max_chars, **predict_kwargs) else 0
+            print(f"threshold {threshold:g} ({source}), scoring in {scoring}"
+                  + (f", {shard.world_size} processes" if shard.enabled else ""), file=sys.stderr)
+        predict_kwargs = {"batch_size": args.batch_size, "max_length": args.max_length,
+                          "autocast_dtype": scoring_autocast(scoring)}
+        if args.urls:
+            return 1 if print_table(model, tokenizer, args.urls, threshold, args.max_chars, **predict_kwargs) else 0
 
-    try:
-        counts = score_file(
-            model, tokenizer, args.input, args.output, rejects, threshold=threshold,
-            column=args.column, fmt=fmt, max_chars=args.max_chars, chunk_rows=args.chunk_rows, shard=shard,
-            **predict_kwargs,
-        )
-    except InputFormatError as err:  # e.g. the file changed since it was checked
-        raise UsageError(str(err)) from err
-    if not shard.is_main:
-        return 1 if counts.failed else 0
-    print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "
-          f"rejected {counts.rejected} -> {rejects}", file=sys.stderr)
-    if counts.failed:
-        print(f"error: the model gave no probability in [0, 1] for {counts.failed} rows (see {rejects})",
-              file=sys.stderr)
-        return 1
-    return 0
+        try:
+            counts = score_file(
+                model, tokenizer, args.input, args.output, rejects, threshold=threshold,
+                column=args.column, fmt=fmt, max_chars=args.max_chars, chunk_rows=args.chunk_rows, shard=shard,
+                **predict_kwargs,
+            )
+        except InputFormatError as err:  # e.g. the file changed since it was checked
+            raise UsageError(str(err)) from err
+        if not shard.is_main:
+            return 1 if counts.failed else 0
+        print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "
+              f"rejected {counts.rejected} -> {rejects}", file=sys.stderr)
+        if counts.failed:
+            print(f"error: the model gave no probability in [0, 1] for {counts.failed} rows (see {rejects})",
+                  file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        close_distributed(shard)
 
 
 if __name__ == "__main__":

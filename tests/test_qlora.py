@@ -404,11 +404,14 @@ def test_qlora_smollm2_on_a_hannousse_slice_beats_chance(data_dir, tiny_bert_dir
     train_teacher.main([
         "--out", str(tmp_path / "teacher"), "--source", str(slice_csv), "--epochs", "2", "--set", f"model.name_or_path={tiny_bert_dir}",
         "--set", "data.test_sets={}", "--set", "data.fractions=[0.6,0.15,0.25]", "--set", "train.batch_size=16",
-        "--set", "train.lr=1e-3",
+        "--set", "train.lr=1e-3", "--set", "train.precision=fp32",
     ])
     cfg = load_config(QLoRARunConfig, "qlora-smollm2", [
         f"teacher={tmp_path / 'teacher' / 'best'}", "max_train_examples=320", "train.lr=5e-4", "student.max_url_chars=128",
         "distill.objective=ce:0.5,fkl:0.5@T=1",
+        # The bar below was set on fp32 runs; precision=auto is now bf16 autocast on CPUs with
+        # native bf16, where this 320-URL slice reached test ROC-AUC 0.697 (2026-12-01).
+        "train.precision=fp32",
         f"distill.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'qlora'}",
     ])
     results = run(cfg)

@@ -38,6 +38,14 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world_size, local_rank)
 
 
+def close_distributed(info: DistInfo) -> None:
+    """Leave the process group that :func:`init_distributed` joined (every rank, after
+    its last collective): a gloo process that exits with its group still open can
+    abort ("terminate called without an active exception"). No-op in a single process."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over all ranks (identity in a single process)."""
     if info.enabled:
