@@ -134,3 +134,34 @@ def student_overrides(root, name, *extra) -> list[str]:
     """Config overrides for a 1-layer, 1-epoch student of the ``tiny_teacher_run`` teacher."""
     return [f"teacher={root / 'teacher' / 'best'}", "student.num_layers=1", "train.epochs=1", "train.batch_size=16",
             "train.lr=1e-3", f"distill.cache_dir={root / 'cache'}", f"out_dir={root / name}", *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    """A saved :func:`save_tiny_classifier` folder, one per test module."""
+    return save_tiny_classifier(tmp_path_factory.mktemp("model"))
+
+
+def read_csv_rows(path) -> list[dict]:
+    """The rows of a CSV file with a header (e.g. kd.predict's scores or rejects), as dicts."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def aot_eager_compile(monkeypatch) -> list:
+    """``torch.compile`` with the ``aot_eager`` backend: it traces as inductor does
+    (dynamo + AOTAutograd, hooks included) without compiling C++ kernels. Returns the
+    list of ``(module, kwargs)`` each call received."""
+    import torch
+
+    calls, real_compile = [], torch.compile
+
+    def compile_on_cpu(module, **kwargs):
+        calls.append((module, kwargs))
+        return real_compile(module, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", compile_on_cpu)
+    return calls

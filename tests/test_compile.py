@@ -19,20 +19,11 @@ def train_two_steps(tmp_path, compile: bool) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in student.named_parameters()}
 
 
-def test_compiled_distillation_with_attention_relations_matches_eager(tmp_path, monkeypatch):
-    compiled = []
-    real_compile = torch.compile
-
-    def compile_on_cpu(model, **kwargs):
-        # aot_eager traces like inductor (dynamo + AOTAutograd, hooks included) without needing a C++ compiler.
-        compiled.append(model)
-        return real_compile(model, **{**kwargs, "backend": "aot_eager"})
-
-    monkeypatch.setattr(torch, "compile", compile_on_cpu)
+def test_compiled_distillation_with_attention_relations_matches_eager(tmp_path, aot_eager_compile):
     eager = train_two_steps(tmp_path / "eager", compile=False)
-    assert not compiled
+    assert not aot_eager_compile
     got = train_two_steps(tmp_path / "compiled", compile=True)
-    assert len(compiled) == 1
+    assert len(aot_eager_compile) == 1
     for name in eager:
         torch.testing.assert_close(got[name], eager[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
 

@@ -1,28 +1,17 @@
 """``kd.predict --compile``: scoring through ``compile_for_inference`` gives the eager scores (issue 15)."""
 from __future__ import annotations
 
-import csv
-
 import torch
 import torch._inductor.config as inductor_config
-from conftest import save_tiny_classifier
+from conftest import read_csv_rows, save_tiny_classifier
 
 import kd.predict
 
 
-def test_compiled_scoring_matches_eager(tmp_path, monkeypatch):
+def test_compiled_scoring_matches_eager(tmp_path, aot_eager_compile):
     model = save_tiny_classifier(tmp_path / "model")
     source = tmp_path / "urls.txt"
     source.write_text("".join(f"site{i}.example.com/{'ab/' * (i % 9)}\n" for i in range(40)))
-    compiled = []
-    real_compile = torch.compile
-
-    def compile_on_cpu(module, **kwargs):
-        # aot_eager traces as inductor does without compiling C++ kernels (the benchmark runs inductor itself).
-        compiled.append(kwargs)
-        return real_compile(module, **{**kwargs, "backend": "aot_eager"})
-
-    monkeypatch.setattr(torch, "compile", compile_on_cpu)
     freezing = inductor_config.freezing  # not monkeypatched: its undo deletes the config entry
     scores = {}
     try:
@@ -30,9 +19,8 @@ def test_compiled_scoring_matches_eager(tmp_path, monkeypatch):
         for flags in ([], ["--compile"]):
             out = tmp_path / f"scores{len(flags)}.csv"
             assert kd.predict.main(["--model", str(model), "--input", str(source), "--output", str(out), *flags]) == 0
-            with out.open(newline="") as handle:
-                scores[len(flags)] = [float(row["probability_phishing"]) for row in csv.DictReader(handle)]
-        assert compiled == [{"dynamic": True}] and inductor_config.freezing is True
+            scores[len(flags)] = [float(row["probability_phishing"]) for row in read_csv_rows(out)]
+        assert [kwargs for _, kwargs in aot_eager_compile] == [{"dynamic": True}] and inductor_config.freezing is True
     finally:
         inductor_config.freezing = freezing
     torch.testing.assert_close(torch.tensor(scores[1]), torch.tensor(scores[0]), rtol=1e-5, atol=1e-6)

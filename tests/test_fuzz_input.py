@@ -6,13 +6,12 @@ line is, exactly once, a score or a reject with its line number (a CSV header
 line is the one exception), and exit 0 means every score is finite and in
 [0, 1]. The reader: a :class:`DataError` or rows whose URLs pass the screening,
 with every row read counted as used or skipped."""
-import csv
 import math
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_classifier
+from conftest import read_csv_rows
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -58,16 +57,6 @@ options = st.fixed_dictionaries({}, optional={
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_classifier(tmp_path_factory.mktemp("model"))
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
     """A folder for the examples' files under pytest's own temporary root, which it
     prunes (hypothesis examples cannot take the function-scoped ``tmp_path``)."""
@@ -76,12 +65,12 @@ def scratch(tmp_path_factory) -> Path:
 
 @FUZZ
 @given(file=input_files(), opts=options)
-def test_predict_accounts_for_every_line(model_dir, scratch, file, opts, capsys):
+def test_predict_accounts_for_every_line(tiny_classifier_dir, scratch, file, opts, capsys):
     content, suffix = file
     folder = Path(tempfile.mkdtemp(dir=scratch))
     source, output = folder / f"in{suffix}", folder / "out.csv"
     source.write_bytes(content)
-    argv = ["--model", str(model_dir), "--input", str(source), "--output", str(output)]
+    argv = ["--model", str(tiny_classifier_dir), "--input", str(source), "--output", str(output)]
     argv += [x for kv in opts.items() for x in kv]
     try:
         status = run_cli(main, argv)
@@ -94,7 +83,7 @@ def test_predict_accounts_for_every_line(model_dir, scratch, file, opts, capsys)
         return
     event("scored")
     assert status == 0 and source.read_bytes() == content
-    scores, rejects = read_csv(output), read_csv(folder / "out.rejects.csv")
+    scores, rejects = read_csv_rows(output), read_csv_rows(folder / "out.rejects.csv")
     for row in scores:
         p = float(row["probability_phishing"])
         assert math.isfinite(p) and 0 <= p <= 1

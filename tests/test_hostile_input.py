@@ -1,10 +1,9 @@
 """Hostile and malformed input to kd.predict and the training-data readers
 (issue 12 items 1, 4, 5, 9); the table in tests/README.md lists each case."""
-import csv
 
 import numpy as np
 import pytest
-from conftest import save_tiny_classifier
+from conftest import read_csv_rows
 
 from kd.errors import USAGE_STATUS, run_cli
 from kd.eval.inference import predict_tokenized
@@ -12,20 +11,10 @@ from kd.predict import main
 from kd.data.sources import DataError, SourceSpec, read_source
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_classifier(tmp_path_factory.mktemp("model"))
-
-
-def rows_of(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def predict(model_dir, *args):
+def predict(tiny_classifier_dir, *args):
     """kd.predict's exit status as a process sees it: a usage error (``run_cli``'s
     status 2) exits through ``SystemExit(2)``, as argparse's own errors do."""
-    status = run_cli(main, ["--model", str(model_dir), *map(str, args)])
+    status = run_cli(main, ["--model", str(tiny_classifier_dir), *map(str, args)])
     if status == USAGE_STATUS:
         raise SystemExit(status)
     return status
@@ -34,34 +23,34 @@ def predict(model_dir, *args):
 # issue 12 item 1: kd.predict never truncates its own input or loses rejects
 
 @pytest.mark.parametrize("same", [("--output",), ("--rejects",), ("--output", "--rejects")])
-def test_input_named_as_an_output_is_refused_and_left_intact(model_dir, tmp_path, capsys, same):
+def test_input_named_as_an_output_is_refused_and_left_intact(tiny_classifier_dir, tmp_path, capsys, same):
     source = tmp_path / "u.txt"
     source.write_text("example.org\nexample.com\n")
     args = {"--output": tmp_path / "s.csv", "--rejects": tmp_path / "r.csv"}
     args.update({name: tmp_path / "." / "u.txt" for name in same})  # the same file by another spelling
     with pytest.raises(SystemExit) as exit_:
-        predict(model_dir, "--input", source, *[x for kv in args.items() for x in kv])
+        predict(tiny_classifier_dir, "--input", source, *[x for kv in args.items() for x in kv])
     assert exit_.value.code == 2 and "are the same file" in capsys.readouterr().err
     assert source.read_text() == "example.org\nexample.com\n"
 
 
-def test_rescoring_a_rejects_file_with_the_default_rejects_path_is_refused(model_dir, tmp_path):
+def test_rescoring_a_rejects_file_with_the_default_rejects_path_is_refused(tiny_classifier_dir, tmp_path):
     rejects = tmp_path / "s.rejects.csv"
     rejects.write_text("line,reason,content\n2,empty,\n")
     with pytest.raises(SystemExit):
-        predict(model_dir, "--input", rejects, "--output", tmp_path / "s.csv")
+        predict(tiny_classifier_dir, "--input", rejects, "--output", tmp_path / "s.csv")
     assert rejects.read_text() == "line,reason,content\n2,empty,\n"
 
 
-def test_output_equal_to_rejects_is_refused(model_dir, tmp_path, capsys):
+def test_output_equal_to_rejects_is_refused(tiny_classifier_dir, tmp_path, capsys):
     source = tmp_path / "u.txt"
     source.write_text("example.org\n\n")
     with pytest.raises(SystemExit):
-        predict(model_dir, "--input", source, "--output", tmp_path / "x.csv", "--rejects", tmp_path / "x.csv")
+        predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "x.csv", "--rejects", tmp_path / "x.csv")
     assert "--output and --rejects are the same file" in capsys.readouterr().err
 
 
-def test_an_existing_output_survives_a_failed_run(model_dir, tmp_path, monkeypatch):
+def test_an_existing_output_survives_a_failed_run(tiny_classifier_dir, tmp_path, monkeypatch):
     import kd.predict
 
     source = tmp_path / "u.txt"
@@ -75,7 +64,7 @@ def test_an_existing_output_survives_a_failed_run(model_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(kd.predict, "predict_proba", fail)
     with pytest.raises(RuntimeError):
-        predict(model_dir, "--input", source, "--output", output, "--rejects", rejects)
+        predict(tiny_classifier_dir, "--input", source, "--output", output, "--rejects", rejects)
     assert output.read_text() == "previous scores\n" and rejects.read_text() == "previous rejects\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "s.csv", "u.txt"]  # no temporary left
 
@@ -87,12 +76,12 @@ def test_an_existing_output_survives_a_failed_run(model_dir, tmp_path, monkeypat
     ("--chunk-rows", "-1"), ("--threshold", "1.5"), ("--threshold", "-0.1"), ("--threshold", "nan"),
     ("--batch-size", "two"),
 ])
-def test_bad_numeric_options_exit_2_with_the_option_named(model_dir, tmp_path, capsys, option, value):
+def test_bad_numeric_options_exit_2_with_the_option_named(tiny_classifier_dir, tmp_path, capsys, option, value):
     output = tmp_path / "s.csv"
     source = tmp_path / "u.txt"
     source.write_text("example.org\n")
     with pytest.raises(SystemExit) as exit_:
-        predict(model_dir, "--input", source, "--output", output, option, value)
+        predict(tiny_classifier_dir, "--input", source, "--output", output, option, value)
     assert exit_.value.code == 2 and f"argument {option}" in capsys.readouterr().err
     assert not output.exists()
 
@@ -106,12 +95,12 @@ def test_evaluate_refuses_a_non_positive_option(option, capsys):
     assert exit_.value.code == 2 and f"argument {option}" in capsys.readouterr().err
 
 
-def test_scoring_with_batch_size_zero_is_an_error_not_garbage(model_dir):
+def test_scoring_with_batch_size_zero_is_an_error_not_garbage(tiny_classifier_dir):
     from kd.data.batching import tokenize
     from kd.data.splits import Examples
     from models.quantized import load_classifier
 
-    model, tokenizer = load_classifier(model_dir)
+    model, tokenizer = load_classifier(tiny_classifier_dir)
     data = tokenize(Examples(["example.org"], [0]), tokenizer, 32)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         predict_tokenized(model, data, batch_size=0)
@@ -119,32 +108,32 @@ def test_scoring_with_batch_size_zero_is_an_error_not_garbage(model_dir):
 
 # issue 12 item 5: formats are detected from content and name, the same way for both readers
 
-def test_jsonl_is_read_as_json_lines_with_line_numbers(model_dir, tmp_path):
+def test_jsonl_is_read_as_json_lines_with_line_numbers(tiny_classifier_dir, tmp_path):
     source = tmp_path / "u.jsonl"
     source.write_text('{"url": "example.org"}\n\n{"url": "example.com"\n"paypal.com.x.tk/login"\n{"id": 3}\n[1]\n')
-    assert predict(model_dir, "--input", source, "--output", tmp_path / "s.csv") == 0
-    scores, rejects = rows_of(tmp_path / "s.csv"), rows_of(tmp_path / "s.rejects.csv")
+    assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 0
+    scores, rejects = read_csv_rows(tmp_path / "s.csv"), read_csv_rows(tmp_path / "s.rejects.csv")
     assert [(r["line"], r["url"]) for r in scores] == [("1", "example.org"), ("4", "paypal.com.x.tk/login")]
     reasons = {r["line"]: r["reason"] for r in rejects}
     assert reasons["2"] == "empty" and reasons["3"].startswith("not valid JSON")
     assert reasons["5"] == "no 'URL' key in the object" and reasons["6"] == "a JSON list, not a URL string"
 
 
-def test_csv_header_without_a_url_column_is_refused_not_scored(model_dir, tmp_path, capsys):
+def test_csv_header_without_a_url_column_is_refused_not_scored(tiny_classifier_dir, tmp_path, capsys):
     source = tmp_path / "u.csv"
     source.write_text("id,page,label\n1,example.org,1\n")
     with pytest.raises(SystemExit) as exit_:
-        predict(model_dir, "--input", source, "--output", tmp_path / "s.csv")
+        predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv")
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "no url column" in err and "--column" in err and "--format lines" in err
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_a_quoted_field_spanning_lines_rejects_each_of_its_lines(model_dir, tmp_path):
+def test_a_quoted_field_spanning_lines_rejects_each_of_its_lines(tiny_classifier_dir, tmp_path):
     source = tmp_path / "u.csv"
     source.write_text('url,label\nexample.org,0\n"http://evil.tk/a\nsecond-line.com/b",1\nexample.com,0\n')
-    assert predict(model_dir, "--input", source, "--output", tmp_path / "s.csv") == 0
-    scores, rejects = rows_of(tmp_path / "s.csv"), rows_of(tmp_path / "s.rejects.csv")
+    assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 0
+    scores, rejects = read_csv_rows(tmp_path / "s.csv"), read_csv_rows(tmp_path / "s.rejects.csv")
     assert [r["url"] for r in scores] == ["example.org", "example.com"]
     assert [(r["line"], r["reason"]) for r in rejects] == [
         ("3", "a quoted field spans lines 3-4 (a URL holds no line break)"),
@@ -211,22 +200,22 @@ def test_an_empty_training_file_says_so(tmp_path):
             read_source(SourceSpec(str(path)))  # not "holds no labels"
 
 
-def test_predict_rejects_the_same_rows_with_a_reason(model_dir, tmp_path):
+def test_predict_rejects_the_same_rows_with_a_reason(tiny_classifier_dir, tmp_path):
     source = tmp_path / "u.txt"
     source.write_bytes(b"example.org\nn\x00ul.com\nt\tab.com\nnull\nNone\nexample.com\n")
-    assert predict(model_dir, "--input", source, "--output", tmp_path / "s.csv") == 0
-    assert [r["line"] for r in rows_of(tmp_path / "s.csv")] == ["1", "6"]
-    reasons = [r["reason"] for r in rows_of(tmp_path / "s.rejects.csv")]
+    assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 0
+    assert [r["line"] for r in read_csv_rows(tmp_path / "s.csv")] == ["1", "6"]
+    reasons = [r["reason"] for r in read_csv_rows(tmp_path / "s.rejects.csv")]
     assert reasons == ["contains control characters"] * 2 + [
         "a null placeholder (null), not a URL", "a null placeholder (None), not a URL"]
 
 
-def test_predict_exits_1_when_the_model_gives_no_probability(model_dir, tmp_path, monkeypatch, capsys):
+def test_predict_exits_1_when_the_model_gives_no_probability(tiny_classifier_dir, tmp_path, monkeypatch, capsys):
     import kd.predict
 
     monkeypatch.setattr(kd.predict, "predict_proba", lambda model, tok, urls, **kw: np.full(len(urls), np.nan))
     source = tmp_path / "u.txt"
     source.write_text("example.org\n\n")
-    assert predict(model_dir, "--input", source, "--output", tmp_path / "s.csv") == 1
-    assert rows_of(tmp_path / "s.csv") == []
-    assert [r["reason"] for r in rows_of(tmp_path / "s.rejects.csv")] == ["empty", "the model gave probability nan"]
+    assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 1
+    assert read_csv_rows(tmp_path / "s.csv") == []
+    assert [r["reason"] for r in read_csv_rows(tmp_path / "s.rejects.csv")] == ["empty", "the model gave probability nan"]
