@@ -47,6 +47,7 @@ from kd.cli import run_recipe
 from kd.errors import UsageError, run_cli, usage_errors
 from kd.eval.measure import measure_latency
 from kd.eval.report import markdown_table, write_csv
+from kd.train.checkpoint import STATE_DIR
 from kd.train.config import load_config, save_config
 from models.quantized import load_classifier
 
@@ -226,7 +227,7 @@ def main(argv=None) -> list[dict]:
         if (run_dir / "results.json").is_file():
             print(f"[{number}/{len(cells)}] {cell.name}: done earlier, not re-run")
         else:
-            resume = (run_dir / "last" / "trainer_state").is_dir()
+            resume = (run_dir / "last" / STATE_DIR).is_dir()
             print(f"[{number}/{len(cells)}] {cell.name}" + (" (resuming)" if resume else ""))
             run_student(cfg, out / "cells" / f"{cell.name}.yaml", resume)
         if args.shard:

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from kd.errors import UsageError
+from kd.train.checkpoint import STATE_DIR
 
 PACKAGES = ("torch", "transformers", "datasets", "bitsandbytes", "peft", "scikit-learn", "tldextract", "numpy")
 
@@ -86,7 +87,7 @@ def resume_changes(out_dir: Path, current: dict, data_cfg) -> dict[str, tuple]:
     record it) and the data files of ``data_cfg`` differ from the run in ``out_dir``.
     A changed source file shows as ``data.source_hashes[PATH]``."""
     out_dir = Path(out_dir)
-    state = out_dir / "last" / "trainer_state" / "state.json"
+    state = out_dir / "last" / STATE_DIR / "state.json"
     saved_file, report_file = out_dir / "config.yaml", out_dir / "data_report.json"
     if not (state.is_file() and saved_file.is_file() and report_file.is_file()):
         raise UsageError(f"--resume: {out_dir} holds no resumable run (config.yaml, data_report.json and "
