@@ -17,7 +17,9 @@ measured on the current device:
   ``scoring_precision``, so it reproduces the training run's threshold);
 - median latency at batch 1 and throughput at batch 256, end to end
   (normalise, tokenise, forward);
-- "% smaller than the fp32 teacher" in memory and on disk.
+- F1 and ROC-AUC on every further set named in ``--sets`` (cross-data-set ones);
+- "% smaller than the fp32 teacher" in memory and on disk;
+- the minutes the source checkpoint took to train (from its metrics.json).
 
 The data split is the student checkpoint's own (its run_info.json), so no
 test URL was seen in training. Each saved folder gets a ``metrics.json`` with
@@ -45,6 +47,7 @@ from kd.eval.variants import (
     save_scatter,
     save_variant,
     score_variant,
+    training_minutes,
     variant_scoring_precision,
 )
 from kd.evaluate import add_data_arguments, data_config_for
@@ -99,6 +102,7 @@ def main(argv=None) -> dict:
         folder = out / f"{role}-{precision}"
         disk_bytes = save_variant(source, precision, folder, device)
         rows.append({"role": role, "precision": precision, "folder": str(folder), "disk_bytes": disk_bytes,
+                     "training_minutes": training_minutes(source),
                      **score_variant(folder, variant_scoring_precision(source, precision), splits, set_names, device,
                                      max_length=args.max_length, batch_size=args.batch_size,
                                      latency_repeats=args.latency_repeats, throughput_urls=args.throughput_urls)})

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import student_overrides
+from conftest import make_url_rows, student_overrides, write_csv
 from kd.eval.inference import predict_proba
 from kd.train.student import StudentRunConfig
 from models.quantized import load_classifier
@@ -24,10 +24,12 @@ def student_dir(tiny_teacher_run):
 def report(tiny_teacher_run, student_dir):
     import quantize
 
+    cross = write_csv(tiny_teacher_run / "cross.csv", make_url_rows(40, seed=7))
     return quantize.main([
         "--student", str(student_dir), "--teacher", str(tiny_teacher_run / "teacher" / "best"),
         "--precisions", "nf4", "dynamic-int8", "--out", str(tiny_teacher_run / "quantized"),
         "--latency-repeats", "3", "--throughput-urls", "64",
+        "--test-source", f"cross={cross}", "--sets", "validation", "test", "cross",
     ])
 
 
@@ -46,6 +48,18 @@ def test_report_has_every_variant_and_every_column(report, tiny_teacher_run):
     assert json.loads((out / "report.json").read_text())["rows"][4]["precision"] == "nf4"
     assert (out / "report.md").read_text().count("\n| student |") == 4
     assert (out / "size_vs_f1.png").stat().st_size > 0
+
+
+def test_report_has_cross_data_set_and_training_time_columns(report, tiny_teacher_run):
+    header, _, *lines = (tiny_teacher_run / "quantized" / "report.md").read_text().splitlines()[2:]
+    assert "| cross F1 | cross ROC-AUC |" in header and header.endswith("| training (min) |")
+    teacher_minutes = json.loads((tiny_teacher_run / "teacher" / "best" / "metrics.json").read_text())["train_seconds"] / 60
+    rows = {(r["role"], r["precision"]): r for r in report["rows"]}
+    assert rows["teacher", "bf16"]["training_minutes"] == pytest.approx(teacher_minutes)  # the source's, per variant
+    assert all(r["sets"]["cross"]["n"] == 40 for r in report["rows"])
+    nf4 = rows["student", "nf4"]
+    nf4_line = next(line for line in lines if line.startswith("| student | nf4 |"))
+    assert f"| {nf4['sets']['cross']['f1']:.4f} | {nf4['sets']['cross']['roc_auc']:.4f} |" in nf4_line
 
 
 def test_sizes_shrink_with_precision(report):

@@ -4,6 +4,7 @@ latency, throughput), then tabulated and plotted (quantize.py runs them)."""
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 from pathlib import Path
 
@@ -86,15 +87,35 @@ def add_relative_sizes(rows: list[dict]) -> None:
         row["percent_smaller_disk"] = 100 * (1 - row["disk_bytes"] / reference["disk_bytes"])
 
 
+def training_minutes(source: Path) -> float | None:
+    """Minutes the source checkpoint's training run took (``train_seconds`` in
+    its ``metrics.json``, written at the end of training), or ``None``."""
+    metrics = Path(source) / "metrics.json"
+    seconds = json.loads(metrics.read_text()).get("train_seconds") if metrics.is_file() else None
+    return None if seconds is None else seconds / 60
+
+
+def cross_set_names(rows: list[dict]) -> list[str]:
+    """The scored sets beyond validation and test (cross-data-set ones), in order."""
+    return [name for name in rows[0]["sets"] if name not in ("validation", "test")]
+
+
 def report_table(rows: list[dict]) -> str:
-    """The Markdown table of report.md: one row per variant."""
+    """The Markdown table of report.md: one row per variant; the test split's
+    metrics, then F1 and ROC-AUC on each cross-data-set set, then speed, size
+    and the source's training time."""
+    extra = cross_set_names(rows)
     columns = ("model", "precision", "params (M)", "disk (MB)", "memory (MB)", "accuracy", "F1", "ROC-AUC", "TPR@1%FPR",
-               "latency b1 (ms)", "throughput b256 (URL/s)", "% smaller (memory)", "% smaller (disk)")
+               *[f"{name} {metric}" for name in extra for metric in ("F1", "ROC-AUC")],
+               "latency b1 (ms)", "throughput b256 (URL/s)", "% smaller (memory)", "% smaller (disk)", "training (min)")
     return markdown_table(columns, [
         [r["role"], r["precision"], f"{r['parameters'] / 1e6:.2f}", f"{r['disk_bytes'] / 1e6:.1f}",
          f"{r['memory_bytes'] / 1e6:.1f}", f"{r['accuracy']:.4f}", f"{r['f1']:.4f}", f"{r['roc_auc']:.4f}",
-         f"{r['tpr_at_1pct_fpr']:.4f}", f"{r['latency_ms_batch1']:.2f}", f"{r['throughput_urls_per_s_batch256']:.0f}",
-         f"{r['percent_smaller_memory']:.1f}", f"{r['percent_smaller_disk']:.1f}"]
+         f"{r['tpr_at_1pct_fpr']:.4f}",
+         *[f"{r['sets'][name][metric]:.4f}" for name in extra for metric in ("f1", "roc_auc")],
+         f"{r['latency_ms_batch1']:.2f}", f"{r['throughput_urls_per_s_batch256']:.0f}",
+         f"{r['percent_smaller_memory']:.1f}", f"{r['percent_smaller_disk']:.1f}",
+         "-" if r.get("training_minutes") is None else f"{r['training_minutes']:.1f}"]
         for r in rows
     ])
 
