@@ -467,6 +467,23 @@ def test_train_student_dispatches_generative_runs(monkeypatch):
         train_student.main(["--gen", "--teacher", "T"])
 
 
+def test_the_qwen_presets_parse_into_the_generative_config(tmp_path, monkeypatch):
+    """The teacher of the pair is the 1.5B's adapter run; nothing loads (no wheels needed)."""
+    monkeypatch.chdir(tmp_path)  # a student's data section starts from its teacher's run under runs/, when one exists
+    teacher = load_config(QLoRARunConfig, "qlora-qwen-teacher")
+    pair = load_config(QLoRARunConfig, "qlora-qwen-pair")
+    assert (teacher.student.name_or_path, teacher.student.quantize) == ("packaged:qwen2.5-coder-1.5b", "nf4")
+    assert (pair.student.name_or_path, pair.student.quantize) == ("packaged:qwen2.5-coder-0.5b", "nf4")
+    assert pair.distill.generative_teacher == teacher.out_dir + "/best"
+    assert (pair.distill.token_objective, pair.distill.generative_teacher_quantize) == ("rkl", "nf4")
+    assert teacher.teacher == pair.teacher and teacher.data == pair.data  # the same encoder teacher and split
+    assert teacher.train == pair.train and teacher.train.precision == "auto"  # bf16 where the device has it, else fp32
+    for cfg in (teacher, pair):
+        objective, token = build_objectives(cfg.distill, has_encoder_teacher=True)
+        assert objective.spec == "ce:0.5,fkl:0.5@T=2.0"
+    assert token.spec == "rkl:1.0@T=1.0"
+
+
 # --------------------------------------------------------------------------- slow: real SmolLM2 on Hannousse
 
 
