@@ -44,7 +44,9 @@ class GenerativeStudentConfig:
     """The causal LM, its adapters and its prompt (YAML section ``student``)."""
 
     name_or_path: str = SMOLLM_ALIAS
-    """``packaged:smollm2`` (SmolLM2-135M-Instruct from the PyPI GGUF, offline), a ``.gguf`` file, a folder or hub name."""
+    """``packaged:smollm2`` (SmolLM2-135M-Instruct from the PyPI GGUF, offline), another packaged
+    causal LM (``packaged:qwen2.5-coder-0.5b``, ``-1.5b``: ``models.paths.PACKAGED_GGUF``), a ``.gguf``
+    file, a folder or hub name."""
     quantize: str = "nf4"
     """``nf4`` (QLoRA: 4-bit base) or ``none`` (LoRA on a full-precision base)."""
     lora_r: int = 16
