@@ -27,7 +27,12 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
 
     transformers dequantizes a GGUF file on load but refuses to save the result
     (its config still says ``quant_method: gguf``), so a plain model is rebuilt
-    from the config and given the dequantized state dict. Float32 keeps the
+    from the config and given the dequantized state dict. The rebuilt model is
+    made on the meta device and takes the loaded tensors themselves
+    (``assign=True``), so one float32 copy exists at peak, not two (SmolLM2's
+    peak RSS fell from 1.55 to 1.18 GB, the rest being the loader's own);
+    ``tie_weights`` re-ties a tied output head to the embeddings, which
+    ``assign`` would leave as two parameters. Float32 keeps the
     dequantized values exactly (Q4_1 values ``d·q + m`` need more mantissa bits
     than fp16/bf16 have).
 
@@ -49,8 +54,10 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     )
     config = copy.deepcopy(loaded.config)
     del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
     model.generation_config = loaded.generation_config
 
     cache_dir.mkdir(parents=True, exist_ok=True)
