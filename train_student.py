@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from kd.cli import add_common_arguments, config_from_args
-from kd.data.batching import TokenizedSet, collate, tokenize
+from kd.data.batching import tokenize
 from kd.data.prompts import tokenize_prompts
 from kd.data.splits import Examples, build_splits
 from kd.errors import run_cli, usage_errors
@@ -105,7 +105,7 @@ def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -
     info = run_info(cfg, splits, {"role": "student", "objective": objective.spec, "teacher": str(Path(cfg.teacher).resolve()),
                                   "vocabulary_pruning": student.pruning})
     extra = {"objective": objective} if any(True for _ in objective.parameters()) else {}
-    train(
+    trained = train(
         model, loss_fn, student_train, make_validator(tokenized["validation"], cfg.train.eval_batch_size, amp),
         cfg.train, out_dir, save=make_saver(student.tokenizer, info), device=device, dist_info=dist_info,
         resume=resume, extra_modules=extra, on_step=on_step,
@@ -113,7 +113,7 @@ def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -
     if not dist_info.is_main:
         return {}
 
-    results = finish_run(out_dir, model, tokenized, cfg, amp, started, log)
+    results = finish_run(out_dir, model, tokenized, cfg, amp, started, log, throughput=trained.throughput)
     results["comparison"] = c = compare_with_teacher(out_dir / "best", Path(cfg.teacher), results)
     write_json(out_dir / "results.json", results)
     log(f"student vs teacher: {c['student_parameters'] / 1e6:.2f}M vs {c['teacher_parameters'] / 1e6:.2f}M parameters, "
@@ -177,39 +177,21 @@ def distill_generative(cfg: QLoRARunConfig, resume: bool = False, on_step=None) 
         "total_parameters": total,
     })
 
-    # Throughput of the optimizer steps alone: examples collated for training
-    # over the time spent in train() outside validation.
-    counts = {"examples": 0, "eval_seconds": 0.0}
-    validate = make_validator(tokenized["validation"], cfg.train.eval_batch_size, amp)
-
-    def counted_collate(data: TokenizedSet, indices) -> dict:
-        counts["examples"] += len(indices)
-        return collate(data, indices)
-
-    def timed_validate(model) -> dict:
-        begin = time.perf_counter()
-        metrics = validate(model)
-        counts["eval_seconds"] += time.perf_counter() - begin
-        return metrics
-
-    begin = time.perf_counter()
-    train(student, loss_fn, tokenized["train"], timed_validate, cfg.train, out_dir,
-          save=make_adapter_saver(tokenizer, prompt, info), device=device, resume=resume,
-          collate_fn=counted_collate, on_step=on_step)
-    train_seconds = time.perf_counter() - begin - counts["eval_seconds"]
-
-    results = finish_run(out_dir, student, tokenized, cfg, amp, started, load=load_best_adapters)
+    trained = train(student, loss_fn, tokenized["train"], make_validator(tokenized["validation"], cfg.train.eval_batch_size, amp),
+                    cfg.train, out_dir, save=make_adapter_saver(tokenizer, prompt, info), device=device, resume=resume,
+                    on_step=on_step)
+    results = finish_run(out_dir, student, tokenized, cfg, amp, started, load=load_best_adapters,
+                         throughput=trained.throughput)
     results.update({
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "train_examples_seen": counts["examples"],
-        "train_samples_per_s": counts["examples"] / train_seconds if counts["examples"] else None,
         "objective": objective.spec,
         "token_objective": token_objective.spec if token_objective else None,
     })
     write_json(out_dir / "results.json", results)
     print(f"trainable {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f} %), "
-          f"{results['train_samples_per_s'] or 0:.2f} samples/s; adapters in {(out_dir / 'best').resolve()}")
+          f"{results['train_samples_per_s'] or 0:.2f} samples/s, {results['train_tokens_per_s'] or 0:.0f} tokens/s, "
+          f"peak memory {results['peak_memory_mib']:,.0f} MiB; adapters in {(out_dir / 'best').resolve()}")
     return results
 
 

@@ -44,7 +44,7 @@ def run(cfg: RunConfig, resume: bool = False, on_step=None) -> dict:
     model = build_classifier(cfg.model.name_or_path, pretrained=cfg.model.pretrained, dropout=cfg.model.dropout).to(device)
     amp = autocast_dtype(cfg.train.precision, device)
     log(f"teacher: {cfg.model.name_or_path}, {parameter_count(model) / 1e6:.1f}M parameters, device {device}")
-    train(
+    trained = train(
         model,
         cross_entropy_sum,
         tokenized["train"],
@@ -59,7 +59,7 @@ def run(cfg: RunConfig, resume: bool = False, on_step=None) -> dict:
     )
     if not dist_info.is_main:
         return {}
-    return finish_run(out_dir, model, tokenized, cfg, amp, started, log)
+    return finish_run(out_dir, model, tokenized, cfg, amp, started, log, throughput=trained.throughput)
 
 
 def main(argv=None) -> dict:

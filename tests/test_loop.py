@@ -87,6 +87,11 @@ def test_early_stopping_after_patience(tmp_path):
     assert result.stopped_early and result.steps == 6 and result.best_step == 2
     assert (tmp_path / "best").resolve().name == "step-000002"
     assert (tmp_path / "last").resolve().name == "step-000006"
+    # Throughput counts the 6 steps that ran (24 examples), their real tokens, and the process's peak memory.
+    t = result.throughput
+    assert t["train_examples_seen"] == 24 and 24 * 4 <= t["train_tokens_seen"] <= 24 * data.lengths.max()
+    assert t["train_tokens_per_s"] == pytest.approx(t["train_tokens_seen"] / t["train_step_seconds"])
+    assert t["peak_memory_mib"] > 10
 
 
 class Interrupt(Exception):

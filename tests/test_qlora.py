@@ -401,6 +401,7 @@ def test_recipe_writes_adapter_checkpoints_and_results(tiny_dir, gen_teacher_dir
     run = tmp_path / "run"
     assert set(results["sets"]) == {"validation", "test"} and results["train_examples_seen"] == 64
     assert 0 < results["trainable_parameters"] < results["total_parameters"] and results["train_samples_per_s"] > 0
+    assert results["train_tokens_per_s"] > results["train_samples_per_s"] and results["peak_memory_mib"] > 0
     assert json.loads((run / "results.json").read_text())["threshold"] == results["threshold"]
     best = run / "best"
     assert (best / "adapter_model.safetensors").is_file() and not list(best.glob("model*.safetensors"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import statistics
 import threading
 import time
@@ -160,6 +161,16 @@ def current_rss_bytes() -> int:
     """Resident set size of this process (Linux ``/proc/self/statm``)."""
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def process_peak_memory_mib(device: torch.device) -> float:
+    """The most memory this process has held so far, in MiB: on CUDA the peak of
+    ``torch.cuda.max_memory_allocated`` (tensors only), elsewhere the peak
+    resident set size (``getrusage`` ``ru_maxrss``, KiB on Linux). Costs one call;
+    it includes loading the models, so it is what a run needs, not one phase of it."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 class PeakMemory:

@@ -20,6 +20,10 @@ One optimizer step, top to bottom (:func:`train`):
    checkpoint by the chosen validation metric, stop early after ``patience``
    evaluations without improvement, and write ``last`` for ``--resume``.
 
+Throughput is counted over steps 1-4 only (evaluation and checkpoints left
+out): examples and real (unpadded) input tokens of all ranks per second, and
+the process's peak memory at the end (:attr:`TrainResult.throughput`).
+
 The teacher is the case "loss_fn = cross-entropy"; a student's loss_fn runs the
 frozen teacher (or reads its cached logits) inside.
 """
@@ -43,6 +47,7 @@ from kd.train.checkpoint import (
     save_trainer_state,
     write_checkpoint,
 )
+from kd.eval.measure import process_peak_memory_mib
 from kd.eval.report import write_json
 from kd.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters
 from kd.eval.metrics import SELECTION_METRICS
@@ -119,6 +124,10 @@ class TrainResult:
     steps: int
     history: list = field(default_factory=list)
     stopped_early: bool = False
+    throughput: dict = field(default_factory=dict)
+    """``train_examples_seen``, ``train_tokens_seen`` (real input tokens, all ranks), ``train_step_seconds``,
+    ``train_samples_per_s``, ``train_tokens_per_s`` (None before a step ran) over the steps this process ran,
+    and ``peak_memory_mib`` (:func:`kd.eval.measure.process_peak_memory_mib`, this rank)."""
 
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -379,6 +388,7 @@ def train(
     stopped_early = False
     finished = state["step"] >= total_steps
     window = {"time": time.perf_counter(), "examples": 0, "tokens": 0, "padded": 0}
+    totals = {"examples": 0, "tokens": 0, "seconds": 0.0}
     while not finished:
         batches = epoch_batches(state["epoch"])
         if dist_info.is_main and state["step"] == 0:
@@ -386,6 +396,7 @@ def train(
             print(f"train: {len(train_set)} examples, {steps_per_epoch} steps/epoch x {cfg.epochs}, "
                   f"padding {padding_fraction(train_set.lengths, micro_batches):.1%} of tokens")
         while True:
+            step_began = time.perf_counter()
             batch = batches[state["batch_in_epoch"]]
             everyone = split_batch(batch, dist_info.world_size, cfg.grad_accum)
             group = everyone[dist_info.rank * cfg.grad_accum : (dist_info.rank + 1) * cfg.grad_accum]
@@ -408,10 +419,13 @@ def train(
             real, computed = token_counts(train_set.lengths, everyone)
             window["tokens"] += real
             window["padded"] += computed
+            totals["examples"] += len(batch)
+            totals["tokens"] += real
             progress.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
                 # The only host synchronisation: once per log_every steps.
                 window = log_window(writer, progress, window, loss, grad_norm, scheduler, state["step"])
+            totals["seconds"] += time.perf_counter() - step_began
             epoch_done = state["batch_in_epoch"] >= len(batches)
             if epoch_done:
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
@@ -436,4 +450,11 @@ def train(
     if dist_info.is_main:
         write_json(out_dir / "train_history.json", state["history"])
     barrier(dist_info)
-    return TrainResult(state["best_metric"], state["best_step"], state["step"], state["history"], stopped_early)
+    seconds = totals["seconds"]
+    throughput = {
+        "train_examples_seen": totals["examples"], "train_tokens_seen": totals["tokens"], "train_step_seconds": seconds,
+        "train_samples_per_s": totals["examples"] / seconds if seconds else None,
+        "train_tokens_per_s": totals["tokens"] / seconds if seconds else None,
+        "peak_memory_mib": process_peak_memory_mib(device),
+    }
+    return TrainResult(state["best_metric"], state["best_step"], state["step"], state["history"], stopped_early, throughput)

@@ -60,14 +60,17 @@ def start_run(cfg, out_dir: Path, splits: DataSplits) -> None:
     write_json(out_dir / "data_report.json", splits.report.to_dict())
 
 
-def finish_run(out_dir: Path, model, tokenized, cfg, amp_dtype, started: float, log=print, load=None) -> dict:
+def finish_run(out_dir: Path, model, tokenized, cfg, amp_dtype, started: float, log=print, load=None,
+               throughput: dict | None = None) -> dict:
     """Load the best checkpoint's weights (``load(model, folder)``, default
     :func:`load_weights`), evaluate every set, write ``metrics.json`` into the
-    best checkpoint and ``results.json`` into the run."""
+    best checkpoint and ``results.json`` into the run, with the loop's
+    ``throughput`` (``TrainResult.throughput``: samples and tokens per second, peak memory)."""
     best = out_dir / "best"
     (load or load_weights)(model, best)
     evaluation = final_evaluation(model, tokenized, cfg.train.eval_batch_size, scoring_precision_name(amp_dtype), out_dir)
     evaluation["train_seconds"] = time.time() - started
+    evaluation.update(throughput or {})
     evaluation["best_checkpoint"] = str(best.resolve().name)
     write_json(best / "metrics.json", evaluation)
     write_json(out_dir / "results.json", evaluation)
