@@ -17,8 +17,20 @@ A grid file::
       students:                       # named shapes: overrides of the student section
         L3: {student.num_layers: 3}
 
+Or named cells, each a set of overrides, for what one objective string
+cannot say (the generative student's token-level terms and teachers)::
+
+    recipe: generative                # train_student.py --generative (QLoRA); default: encoder
+    base: qlora-qwen-pair
+    grid:
+      cells:
+        fkl: {distill.token_objective: "", distill.generative_teacher: null}
+        rkl-off: {distill.objective: "ce:0.5", distill.on_policy: false}
+      seeds: [0, 1, 2]
+
 Each cell writes OUT/cells/<name>/ (a normal student run, started as
-``python -m train_student --config OUT/cells/<name>.yaml``). A cell whose
+``python -m train_student --config OUT/cells/<name>.yaml``, with
+``--generative`` for a generative ablation). A cell whose
 results.json exists is not run again, so an interrupted ablation continues
 where it stopped. Writes OUT/cells.csv (one row per cell), OUT/summary.csv
 and OUT/summary.md (mean ± std over seeds), OUT/summary.png (F1 bar chart)
@@ -28,7 +40,11 @@ measured by the unsharded run that tabulates, so that no other worker's
 training shares the cores while they are timed.
 
 Every row carries validation F1 and ROC-AUC (``val_*``) beside the test
-metrics: choose a recipe by the validation columns, then report its test ones.
+metrics: choose a recipe by the validation columns, then report its test ones;
+F1 and ROC-AUC of each extra (cross-data-set) test set as ``SET:f1``; and the
+training loop's tokens and samples per second and peak memory. A generative
+cell has no CPU latency (its scoring path is not the encoder's; the tables
+show "-"), nor a size comparison with its teacher.
 """
 from __future__ import annotations
 
@@ -37,7 +53,7 @@ import csv
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,33 +71,49 @@ METRICS = ("f1", "roc_auc", "tpr_at_1pct_fpr", "accuracy")
 """Test-set metrics per cell (the columns to report)."""
 VALIDATION_METRICS = ("val_f1", "val_roc_auc")
 """Validation-set metrics per cell (the columns to choose a recipe by, never the test ones)."""
+CROSS_METRICS = ("f1", "roc_auc")
+"""Metrics of each extra test set (``SET:f1``)."""
+COSTS = ("train_tokens_per_s", "train_samples_per_s", "peak_memory_mib")
+"""What training a cell cost (``TrainResult.throughput``; absent from runs older than it)."""
+RECIPES = ("encoder", "generative")
+"""``recipe:`` of a grid file: ``train_student.py`` or ``train_student.py --generative``."""
 
 
 @dataclass(frozen=True)
 class Cell:
-    objective: str
-    temperature: float | None
-    shape: str
+    group: str
+    """The summary row the cell is one seed of."""
     seed: int
     overrides: tuple[str, ...]
-
-    @property
-    def group(self) -> str:
-        t = "" if self.temperature is None else f"|T={self.temperature:g}"
-        return f"{self.objective}{t}|{self.shape}"
+    labels: dict = field(default_factory=dict, compare=False)
+    """What the cell is, for cells.csv and TensorBoard: objective, temperature, student; or cell."""
 
     @property
     def name(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{self.group}|seed={self.seed}")
 
 
+def override(key: str, value) -> str:
+    """``key=value`` for ``load_config``; YAML's null stays null."""
+    return f"{key}={'null' if value is None else value}"
+
+
 def expand_grid(grid: dict) -> list[Cell]:
-    """All cells of the grid, objectives × temperatures × student shapes × seeds."""
-    known = {"objectives", "temperatures", "seeds", "students"}
+    """All cells of the grid: objectives × temperatures × student shapes × seeds,
+    or named cells × seeds."""
+    known = {"objectives", "temperatures", "seeds", "students", "cells"}
     if set(grid) - known:
         raise ValueError(f"unknown grid key(s) {sorted(set(grid) - known)}; known: {sorted(known)}")
+    seeds = [int(seed) for seed in grid.get("seeds") or [0]]
+    if "cells" in grid:
+        if set(grid) & {"objectives", "temperatures", "students"}:
+            raise ValueError("a grid has named cells or objectives x temperatures x students, not both")
+        if not grid["cells"] or not isinstance(grid["cells"], dict):
+            raise ValueError("grid.cells names at least one cell: {NAME: {KEY: VALUE, ...}, ...}")
+        return [Cell(name, seed, (f"train.seed={seed}", *(override(k, v) for k, v in (sets or {}).items())), {"cell": name})
+                for name, sets in grid["cells"].items() for seed in seeds]
     if not grid.get("objectives"):
-        raise ValueError("the grid needs at least one objective")
+        raise ValueError("the grid needs at least one objective (or named cells)")
     students = grid.get("students") or {"default": {}}
     cells = []
     for template in grid["objectives"]:
@@ -92,26 +124,34 @@ def expand_grid(grid: dict) -> list[Cell]:
                 raise ValueError(f"objective {template!r} uses {{T}} but the grid has no temperatures")
         for temp in temps:
             objective = template.replace("{T}", f"{temp:g}") if temp is not None else template
+            label = template.replace("@T={T}", "")
             for shape, shape_overrides in students.items():
-                for seed in grid.get("seeds") or [0]:
+                for seed in seeds:
                     overrides = (f"distill.objective={objective}", f"train.seed={seed}",
-                                 *(f"{k}={v}" for k, v in (shape_overrides or {}).items()))
-                    cells.append(Cell(template.replace("@T={T}", ""), temp, shape, int(seed), overrides))
+                                 *(override(k, v) for k, v in (shape_overrides or {}).items()))
+                    group = f"{label}{'' if temp is None else f'|T={temp:g}'}|{shape}"
+                    cells.append(Cell(group, seed, overrides, {"objective": label, "temperature": temp, "student": shape}))
     return cells
 
 
-def cell_row(cell: Cell, run_dir: Path, latency_ms: float) -> dict:
+def cell_row(cell: Cell, run_dir: Path, latency_ms: float | None) -> dict:
+    """One cell's row: its labels, test, validation and extra-test-set metrics, costs,
+    and sizes (an encoder student's against its teacher; a generative one's parameters)."""
     results = json.loads((run_dir / "results.json").read_text())
-    test, validation = results["sets"]["test"], results["sets"]["validation"]
-    c = results["comparison"]
-    return {
-        "group": cell.group, "objective": cell.objective, "temperature": cell.temperature, "student": cell.shape,
-        "seed": cell.seed, **{m: test[m] for m in METRICS},
-        **{m: validation[m.removeprefix("val_")] for m in VALIDATION_METRICS},
-        "parameters": c["student_parameters"], "teacher_parameters": c["teacher_parameters"],
-        "size_mb": c["student_size_mb"], "teacher_size_mb": c["teacher_size_mb"], "percent_smaller": c["percent_smaller"],
+    sets = results["sets"]
+    row = {
+        "group": cell.group, **cell.labels, "seed": cell.seed, **{m: sets["test"][m] for m in METRICS},
+        **{m: sets["validation"][m.removeprefix("val_")] for m in VALIDATION_METRICS},
+        **{f"{name}:{m}": metrics[m] for name, metrics in sets.items() if name not in ("validation", "test")
+           for m in CROSS_METRICS},
+        **{key: results.get(key) for key in COSTS},
         "cpu_latency_ms": latency_ms, "train_seconds": results["train_seconds"],
     }
+    if "comparison" not in results:  # a generative student
+        return {**row, "parameters": results["total_parameters"], "trainable_parameters": results["trainable_parameters"]}
+    c = results["comparison"]
+    return {**row, "parameters": c["student_parameters"], "teacher_parameters": c["teacher_parameters"],
+            "size_mb": c["student_size_mb"], "teacher_size_mb": c["teacher_size_mb"], "percent_smaller": c["percent_smaller"]}
 
 
 def cpu_latency_ms(run_dir: Path, urls: list[str]) -> float:
@@ -121,33 +161,56 @@ def cpu_latency_ms(run_dir: Path, urls: list[str]) -> float:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation (ddof=1; 0 for one seed) over seeds per group."""
+    """Mean and standard deviation (ddof=1; 0 for one seed) over seeds per group;
+    None where no seed has the value (a generative cell's latency)."""
+    sizes = ("parameters", "trainable_parameters", "teacher_parameters", "size_mb", "teacher_size_mb", "percent_smaller")
     out = []
     for group in dict.fromkeys(r["group"] for r in rows):
         members = [r for r in rows if r["group"] == group]
         summary = {"group": group, "seeds": len(members)}
-        for key in (*METRICS, *VALIDATION_METRICS, "cpu_latency_ms"):
-            values = np.array([r[key] for r in members], dtype=float)
-            summary[f"{key}_mean"] = float(values.mean())
-            summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        for key in ("parameters", "teacher_parameters", "size_mb", "teacher_size_mb", "percent_smaller"):
-            summary[key] = members[0][key]
+        cross = [k for k in members[0] if ":" in k]
+        for key in (*METRICS, *VALIDATION_METRICS, *cross, *COSTS, "cpu_latency_ms"):
+            values = np.array([r[key] for r in members if r.get(key) is not None], dtype=float)
+            summary[f"{key}_mean"] = float(values.mean()) if len(values) else None
+            summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0 if len(values) else None
+        summary.update({key: members[0][key] for key in sizes if key in members[0]})
         out.append(summary)
     return out
 
 
 def summary_table(summary: list[dict]) -> str:
-    """One row per group; the "val" columns (validation) are the ones to choose by, the rest are test-set."""
-    columns = ("objective / student", "seeds", "params (student / teacher)", "size MB", "% smaller", "val F1", "val ROC-AUC",
-               "F1", "ROC-AUC", "TPR@1%FPR", "CPU ms/URL")
+    """One row per group; the "val" columns (validation) are the ones to choose by, the rest are test-set.
+
+    Encoder students: sizes against the teacher and CPU latency. Generative
+    students: trainable / total parameters, each extra test set's F1 and
+    ROC-AUC, training tokens/s and peak memory; no latency ("-")."""
 
     def pm(s, key, digits=4):
+        if s[key + "_mean"] is None:
+            return "-"
         return f"{s[key + '_mean']:.{digits}f} ± {s[key + '_std']:.{digits}f}"
 
+    quality = ("val F1", "val ROC-AUC", "F1", "ROC-AUC")
+
+    def metrics(s):
+        return [pm(s, "val_f1"), pm(s, "val_roc_auc"), pm(s, "f1"), pm(s, "roc_auc")]
+
+    if "trainable_parameters" not in summary[0]:
+        columns = ("objective / student", "seeds", "params (student / teacher)", "size MB", "% smaller", *quality,
+                   "TPR@1%FPR", "CPU ms/URL")
+        return markdown_table(columns, [
+            [s["group"].replace("|", " · "), str(s["seeds"]), f"{s['parameters'] / 1e6:.2f}M / {s['teacher_parameters'] / 1e6:.2f}M",
+             f"{s['size_mb']:.1f}", f"{s['percent_smaller']:.1f}", *metrics(s), pm(s, "tpr_at_1pct_fpr"),
+             pm(s, "cpu_latency_ms", 2)]
+            for s in summary
+        ])
+    cross = [k.removesuffix(":f1_mean") for k in summary[0] if k.endswith(":f1_mean")]
+    columns = ("cell", "seeds", "params (trainable / total)", *quality, *(f"{n} {m}" for n in cross for m in ("F1", "ROC-AUC")),
+               "train tokens/s", "peak MiB", "CPU ms/URL")
     return markdown_table(columns, [
-        [s["group"].replace("|", " · "), str(s["seeds"]), f"{s['parameters'] / 1e6:.2f}M / {s['teacher_parameters'] / 1e6:.2f}M",
-         f"{s['size_mb']:.1f}", f"{s['percent_smaller']:.1f}", pm(s, "val_f1"), pm(s, "val_roc_auc"), pm(s, "f1"),
-         pm(s, "roc_auc"), pm(s, "tpr_at_1pct_fpr"), pm(s, "cpu_latency_ms", 2)]
+        [s["group"], str(s["seeds"]), f"{s['trainable_parameters'] / 1e6:.2f}M / {s['parameters'] / 1e6:.1f}M", *metrics(s),
+         *(pm(s, f"{n}:{m}") for n in cross for m in CROSS_METRICS), pm(s, "train_tokens_per_s", 1),
+         pm(s, "peak_memory_mib", 0), pm(s, "cpu_latency_ms", 2)]
         for s in summary
     ])
 
@@ -173,12 +236,13 @@ def bar_chart(summary: list[dict], teacher_f1: float, path: Path) -> None:
     plt.close(fig)
 
 
-def run_student(cfg, config_file: Path, resume: bool) -> None:
+def run_student(cfg, config_file: Path, resume: bool, generative: bool = False) -> None:
     """One cell: its checked config written to ``config_file``, then ``python -m
-    train_student --config FILE`` as the user would run it, in a process of its own."""
+    train_student --config FILE`` (``--generative``) as the user would run it, in a process of its own."""
     config_file.parent.mkdir(parents=True, exist_ok=True)
     save_config(cfg, config_file)
-    run_recipe("train_student", ["--config", str(config_file), *(["--resume"] if resume else [])])
+    run_recipe("train_student", ["--config", str(config_file), *(["--generative"] if generative else []),
+                                 *(["--resume"] if resume else [])])
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -190,6 +254,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> list[dict]:
+    from kd.train.generative import QLoRARunConfig, build_objectives
     from kd.train.student import StudentRunConfig
     from losses import parse_spec
 
@@ -205,16 +270,23 @@ def main(argv=None) -> list[dict]:
         spec = yaml.safe_load(Path(args.grid).read_text())
         if not isinstance(spec, dict) or "grid" not in spec:
             raise UsageError(f"{args.grid} has no 'grid' section (see python -m kd.ablation --help)")
-        unknown = set(spec) - {"base", "set", "out_dir", "grid"}
+        unknown = set(spec) - {"recipe", "base", "set", "out_dir", "grid"}
         if unknown:
-            raise UsageError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: base, set, out_dir, grid")
+            raise UsageError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: recipe, base, set, out_dir, grid")
+        recipe = spec.get("recipe", "encoder")
+        if recipe not in RECIPES:
+            raise UsageError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+        generative = recipe == "generative"
         out = Path(args.out or spec.get("out_dir", "runs/ablation"))
         cells = expand_grid(spec["grid"])
-        configs = [load_config(StudentRunConfig, spec.get("base"),
+        configs = [load_config(QLoRARunConfig if generative else StudentRunConfig, spec.get("base"),
                                [*spec.get("set", []), *args.set, *cell.overrides, f"out_dir={out / 'cells' / cell.name}"])
                    for cell in cells]
         for cfg in configs:
-            parse_spec(cfg.distill.objective)
+            if generative:
+                build_objectives(cfg.distill, bool(cfg.teacher))
+            else:
+                parse_spec(cfg.distill.objective)
     print(f"ablation: {len(cells)} cells -> {out}")
     rows = []
     from torch.utils.tensorboard import SummaryWriter
@@ -229,18 +301,19 @@ def main(argv=None) -> list[dict]:
         else:
             resume = (run_dir / "last" / STATE_DIR).is_dir()
             print(f"[{number}/{len(cells)}] {cell.name}" + (" (resuming)" if resume else ""))
-            run_student(cfg, out / "cells" / f"{cell.name}.yaml", resume)
+            run_student(cfg, out / "cells" / f"{cell.name}.yaml", resume, generative)
         if args.shard:
             continue
         latency_file = run_dir / "cpu_latency.json"
-        if not latency_file.is_file():
+        if not generative and not latency_file.is_file():
             with open(run_dir / "splits.csv", newline="") as handle:
                 urls = [row["url"] for row, _ in zip(csv.DictReader(handle), range(200))]
             latency_file.write_text(json.dumps({"cpu_latency_ms_batch1": cpu_latency_ms(run_dir, urls)}))
-        row = cell_row(cell, run_dir, json.loads(latency_file.read_text())["cpu_latency_ms_batch1"])
+        latency = None if generative else json.loads(latency_file.read_text())["cpu_latency_ms_batch1"]
+        row = cell_row(cell, run_dir, latency)
         rows.append(row)
         writer.add_hparams(
-            {"objective": cell.objective, "temperature": cell.temperature or 0.0, "student": cell.shape, "seed": cell.seed},
+            {**{k: 0.0 if v is None else v for k, v in cell.labels.items()}, "seed": cell.seed},
             {f"hparam/{m}": row[m] for m in (*METRICS, *VALIDATION_METRICS)},
             run_name=cell.name,
         )
@@ -253,8 +326,8 @@ def main(argv=None) -> list[dict]:
     write_csv(summary, out / "summary.csv")
     table = summary_table(summary)
     (out / "summary.md").write_text(table + "\n")
-    teacher_results = json.loads((out / "cells" / cells[0].name / "results.json").read_text())["comparison"]
-    bar_chart(summary, teacher_results["teacher_test_f1"], out / "summary.png")
+    comparison = json.loads((out / "cells" / cells[0].name / "results.json").read_text()).get("comparison", {})
+    bar_chart(summary, comparison.get("teacher_test_f1", float("nan")), out / "summary.png")
     print(table)
     return summary
 

@@ -141,6 +141,16 @@ def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_te
     assert ablation.main([str(grid_file)]) == summary
 
 
+def test_named_cells_are_override_sets_and_exclude_the_objective_grid():
+    from kd.ablation import expand_grid
+
+    cells = expand_grid({"cells": {"a": {"distill.objective": "ce", "distill.generative_teacher": None}}, "seeds": [0, 1]})
+    assert [(c.name, c.overrides) for c in cells] == [
+        (f"a_seed={seed}", (f"train.seed={seed}", "distill.objective=ce", "distill.generative_teacher=null")) for seed in (0, 1)]
+    with pytest.raises(ValueError, match="not both"):
+        expand_grid({"cells": {"a": {}}, "objectives": ["ce"]})
+
+
 def test_augmented_transfer_set_is_unlabelled_and_holds_no_url_of_the_splits():
     import train_student
     from kd.train.config import load_config

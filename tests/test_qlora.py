@@ -521,3 +521,39 @@ def test_qlora_smollm2_on_a_hannousse_slice_beats_chance(data_dir, tiny_bert_dir
     assert test["n"] > 100 and test["roc_auc"] > 0.7 and test["accuracy"] > 0.6, test  # chance: 0.5 and 0.5
     assert (tmp_path / "qlora" / "splits.csv").read_text().count("\ntest,") == (tmp_path / "teacher" / "splits.csv").read_text().count("\ntest,")
     assert results["trainable_parameters"] < 0.05 * results["total_parameters"]
+
+
+def test_generative_ablation_tabulates_named_cells(tiny_dir, gen_teacher_dir, tiny_teacher_run):  # noqa: F811
+    """kd.ablation with ``recipe: generative``: a class-level and a token-level cell, each
+    trained by ``train_student.py --generative`` in a process of its own."""
+    import yaml
+
+    from kd import ablation
+
+    root = tiny_teacher_run
+    cross = write_csv(root / "cross.csv", make_url_rows(24, seed=7))
+    grid = {
+        "recipe": "generative",
+        "base": "qlora-smollm2",
+        "set": [f"teacher={root / 'teacher' / 'best'}", f"student.name_or_path={tiny_dir}", "student.lora_r=4",
+                f"distill.cache_dir={root / 'cache'}", f"data.test_sets={{cross: [{cross}]}}", "max_train_examples=32",
+                "train.batch_size=8", "train.lr=1e-3", "train.eval_batch_size=32"],
+        "out_dir": str(root / "gen-ablation"),
+        "grid": {"cells": {"fkl": {"distill.objective": "ce:0.5,fkl:0.5@T=2"},
+                           "rkl-off": {"distill.objective": "ce:0.5", "distill.token_objective": "rkl:0.5",
+                                       "distill.generative_teacher": str(gen_teacher_dir)}},
+                 "seeds": [0]},
+    }
+    grid_file = root / "gen-grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid))
+    summary = ablation.main([str(grid_file)])
+    assert [s["group"] for s in summary] == ["fkl", "rkl-off"]
+    for s in summary:
+        assert all(0 <= s[f"{m}_mean"] <= 1 for m in ("f1", "roc_auc", "cross:f1", "cross:roc_auc"))
+        assert s["train_tokens_per_s_mean"] > 0 and s["peak_memory_mib_mean"] > 0
+        assert s["cpu_latency_ms_mean"] is None  # not measured for a generative student, and not faked
+    run_info = json.loads((root / "gen-ablation" / "cells" / "rkl-off_seed=0" / "best" / "run_info.json").read_text())
+    assert run_info["token_objective"] == "rkl:0.5@T=1.0"
+    table = (root / "gen-ablation" / "summary.md").read_text()
+    assert "| fkl |" in table and "cross ROC-AUC" in table and "train tokens/s" in table and "peak MiB" in table
+    assert table.splitlines()[-1].rstrip().endswith("| - |")
