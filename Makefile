@@ -55,7 +55,7 @@ demo: install
 
 # The seed's scale on a CPU: MPNet-base teacher (110 M) -> 6-layer student (every other layer, full
 # width) -> the teacher in fp32 and bf16 and the student in fp32, bf16, nf4, fp4 and int8, measured.
-# About 1.5 h on 2 CPU cores with native bf16 (measured: benchmarks/seed-scale-cpu.md); each stage
+# About 2 h on 2 CPU cores with native bf16 (measured: benchmarks/seed-scale-cpu.md); each stage
 # prints when it starts. SEED_SET=key=value adds --set overrides
 # to both training stages (e.g. SEED_SET=train.max_steps=2 for a dry run).
 SEED_TEACHER ?= runs/teacher-mpnet-base
