@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 import torch
 
 from kd.errors import UsageError, run_cli
-from models.lora import META_FILE, merge_adapters
+from models.lora import ADAPTER_CONFIG, META_FILE, is_adapter_folder, merge_adapters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,9 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="where to write the merged model")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
     args = parser.parse_args(argv)
-    if not (Path(args.adapter_dir) / META_FILE).is_file():
-        raise UsageError(f"{args.adapter_dir} holds no {META_FILE}: name a folder written by save_adapters "
-                         "(a QLoRA run's best/ or last/)")
+    if not is_adapter_folder(args.adapter_dir):  # a merged folder has generative.json too, but no adapters
+        raise UsageError(f"{args.adapter_dir} is not an adapter folder (it needs {ADAPTER_CONFIG} and {META_FILE}): "
+                         "name a folder written by save_adapters (a QLoRA run's best/ or last/)")
     out = merge_adapters(args.adapter_dir, args.out_dir, dtype=DTYPES[args.dtype])
     print(f"merged model written to {out}")
 

@@ -31,7 +31,7 @@ def cli_mains():
         "kd.ablation": (ablation.main, ["no-such-grid.yaml"], "no-such-grid.yaml"),
         "kd.bench": (bench.main, ["--quick", "--steps", "0"], "must be at least 1"),
         "kd.demo": (demo.main, ["--set", "train.eval_batch_size=0"], "train.eval_batch_size must be >= 1"),
-        "kd.merge_adapters": (merge_adapters.main, ["runs/no/adapters", "out"], "holds no generative.json"),
+        "kd.merge_adapters": (merge_adapters.main, ["runs/no/adapters", "out"], "is not an adapter folder"),
     }
 
 
@@ -44,6 +44,17 @@ def test_a_bad_config_is_one_line_and_status_2(name, capsys, tmp_path, monkeypat
     assert status == 2
     assert err.startswith(f"{name}: error: ") and err.count("\n") == 1 and message in err, err
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_merge_adapters_refuses_a_merged_folder(capsys, tmp_path):
+    """A merged folder has generative.json too, but no adapters to merge."""
+    from kd import merge_adapters
+
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "generative.json").write_text("{}")
+    status = run_cli(merge_adapters.main, [str(tmp_path / "merged"), str(tmp_path / "out")], prog="kd.merge_adapters")
+    assert status == 2 and "is not an adapter folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_debug_shows_the_traceback(capsys):
