@@ -2,6 +2,7 @@
 
     python -m kd.ablation configs/ablation-minilm.yaml
     python -m kd.ablation configs/ablation-minilm.yaml --set train.epochs=1   # applied to every cell
+    python -m kd.ablation configs/ablation-qwen-pair.yaml --seeds 0           # one seed instead of the grid's
     python -m kd.ablation GRID --shard 0/2 & python -m kd.ablation GRID --shard 1/2   # two workers
     python -m kd.ablation GRID                                                          # then tabulate
 
@@ -253,6 +254,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1"`` -> ``[0, 1]``: the seeds that replace the grid's ``seeds``."""
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated non-negative integers, e.g. 0,1; got {text!r}")
+    return [int(p) for p in parts]
+
+
 def main(argv=None) -> list[dict]:
     from kd.train.generative import QLoRARunConfig, build_objectives
     from kd.train.student import StudentRunConfig
@@ -264,6 +273,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", help="ablation folder (default: the grid file's out_dir)")
     parser.add_argument("--shard", type=parse_shard, metavar="I/N",
                         help="train only every N-th cell starting at I (parallel workers); no tables")
+    parser.add_argument("--seeds", type=parse_seeds, metavar="S,S,...",
+                        help="run these seeds instead of the grid's (e.g. 0 for a first pass on a CPU)")
     args = parser.parse_args(argv)
 
     with usage_errors():  # every cell's configuration is checked before the first one trains
@@ -278,7 +289,7 @@ def main(argv=None) -> list[dict]:
             raise UsageError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
         generative = recipe == "generative"
         out = Path(args.out or spec.get("out_dir", "runs/ablation"))
-        cells = expand_grid(spec["grid"])
+        cells = expand_grid({**spec["grid"], **({"seeds": args.seeds} if args.seeds else {})})
         configs = [load_config(QLoRARunConfig if generative else StudentRunConfig, spec.get("base"),
                                [*spec.get("set", []), *args.set, *cell.overrides, f"out_dir={out / 'cells' / cell.name}"])
                    for cell in cells]

@@ -151,6 +151,17 @@ def test_named_cells_are_override_sets_and_exclude_the_objective_grid():
         expand_grid({"cells": {"a": {}}, "objectives": ["ce"]})
 
 
+def test_seeds_option_parses_a_comma_separated_list_and_refuses_anything_else():
+    import argparse
+
+    from kd.ablation import parse_seeds
+
+    assert parse_seeds("0") == [0] and parse_seeds("2,0") == [2, 0]
+    for bad in ("", "0,", "a", "-1", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
+            parse_seeds(bad)
+
+
 def test_augmented_transfer_set_is_unlabelled_and_holds_no_url_of_the_splits():
     import train_student
     from kd.train.config import load_config

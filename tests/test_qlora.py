@@ -542,11 +542,13 @@ def test_generative_ablation_tabulates_named_cells(tiny_dir, gen_teacher_dir, ti
         "grid": {"cells": {"fkl": {"distill.objective": "ce:0.5,fkl:0.5@T=2"},
                            "rkl-off": {"distill.objective": "ce:0.5", "distill.token_objective": "rkl:0.5",
                                        "distill.generative_teacher": str(gen_teacher_dir)}},
-                 "seeds": [0]},
+                 "seeds": [0, 1]},
     }
     grid_file = root / "gen-grid.yaml"
     grid_file.write_text(yaml.safe_dump(grid))
-    summary = ablation.main([str(grid_file)])
+    summary = ablation.main([str(grid_file), "--seeds", "0"])  # the grid's seed 1 is not run
+    assert sorted(p.name for p in (root / "gen-ablation" / "cells").iterdir() if p.is_dir()) == [
+        "fkl_seed=0", "rkl-off_seed=0"]
     assert [s["group"] for s in summary] == ["fkl", "rkl-off"]
     for s in summary:
         assert all(0 <= s[f"{m}_mean"] <= 1 for m in ("f1", "roc_auc", "cross:f1", "cross:roc_auc"))
