@@ -150,7 +150,7 @@ def save_learning_curve(curve: dict, path: Path) -> None:
         steps, values = zip(*curve["train_loss"])
         left.plot(steps, values, lw=1)
     left.set_xlabel("optimizer step")
-    left.set_ylabel("training loss (per example, logged window)")
+    left.set_ylabel("training loss (one step, every log_every steps)")
     left.grid(alpha=0.3)
     steps = [v["step"] for v in curve["validation"]]
     for key in ("roc_auc", "pr_auc", "f1"):
@@ -245,12 +245,13 @@ def main(argv=None) -> None:
         "# The QLoRA generative student beside the encoder pipeline", "",
         f"Encoder rows: `{args.encoder}` ({encoder.get('device')}). QLoRA row: `{args.run}`; its metrics are the run's "
         "own final evaluation (threshold chosen on validation), its memory, latency and throughput measured by "
-        "`benchmarks/qlora_report.py` (CPU, prompt tokenisation and forward, the run's scoring precision "
-        f"{results['scoring_precision']}).", "",
+        f"`benchmarks/qlora_report.py` on {device_description()} with {torch.get_num_threads()} thread(s) (prompt "
+        f"tokenisation and forward, the run's scoring precision {results['scoring_precision']}).", "",
         comparison_table(rows, teacher), "",
         f"- Test F1 {row['f1']:.4f} = **{percent:.1f} %** of the fp32 encoder teacher's {teacher['f1']:.4f}: "
         f"{verdict} the {F1_TARGET_PERCENT:.0f} % target (re-scored here: {rescored['f1']:.4f}).",
-        f"- Training: {summary['train_examples_seen']} examples, {summary['train_samples_per_s']:.2f} samples/s, "
+        f"- Training, as recorded by the process that finished the run (after `--resume`, its part only): "
+        f"{summary['train_examples_seen']} examples, {summary['train_samples_per_s']:.2f} samples/s, "
         f"{summary['train_tokens_per_s']:.0f} tokens/s, peak memory {summary['peak_memory_mib']:,.0f} MiB.", "",
         "## Learning curve (validation)", "", *curve_lines, "",
         "## Test errors", "",
