@@ -37,6 +37,18 @@ def test_sorted_batches_give_each_example_its_own_logits_in_input_order(batch_si
     torch.testing.assert_close(predict_tokenized(model, data, batch_size=batch_size), alone, rtol=1e-4, atol=1e-5)
 
 
+def test_a_model_in_training_mode_is_scored_without_dropout():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.5)
+    model = BertForSequenceClassification(config)
+    data = random_lengths_set(8)
+    reference = predict_tokenized(model.eval(), data)
+    model.train()
+    torch.testing.assert_close(predict_tokenized(model, data), reference)  # dropout off: the same logits
+    assert not model.training
+
+
 def test_sorted_batches_pad_less_than_batches_in_input_order():
     data = random_lengths_set(512)
     in_order = [np.arange(i, min(i + 32, 512)) for i in range(0, 512, 32)]
