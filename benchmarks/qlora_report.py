@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd.data.batching import collate, eval_batches  # noqa: E402
 from kd.data.prompts import read_prompt_format, tokenize_prompts  # noqa: E402
 from kd.data.splits import Examples  # noqa: E402
-from kd.eval.inference import predict_proba  # noqa: E402
+from kd.eval.inference import predict_proba, predict_tokenized  # noqa: E402
 from kd.eval.measure import memory_footprint_bytes, parameter_count  # noqa: E402
 from kd.eval.metrics import binary_metrics  # noqa: E402
 from kd.eval.report import markdown_table, write_json  # noqa: E402
@@ -73,17 +73,13 @@ def verbalizer_view(classifier: VerbalizerClassifier, data, batch_size: int, amp
     return p_phish, mass
 
 
-@torch.inference_mode()
 def speed(classifier: VerbalizerClassifier, tokenizer, prompt, urls: list[str], amp, repeats: int, n_throughput: int) -> dict:
     """Median ms to score one URL alone (prompt tokenisation and forward) and
     URLs/s scoring ``n_throughput`` URLs at batch 256, sorted by length."""
 
     def score(batch_urls: list[str], batch_size: int) -> None:
         data = tokenize_prompts(Examples(batch_urls, np.zeros(len(batch_urls), dtype=int)), tokenizer, prompt)
-        for idx in eval_batches(data.lengths, batch_size):
-            batch = collate(data, idx)
-            with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
-                classifier(batch["input_ids"], batch["attention_mask"])
+        predict_tokenized(classifier, data, batch_size=batch_size, autocast_dtype=amp)
 
     times = []
     for i in range(repeats + 3):
@@ -163,7 +159,7 @@ def save_learning_curve(curve: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def student_row(run_dir: Path, results: dict, memory: int, parameters: int, timing: dict) -> dict:
+def student_row(results: dict, memory: int, parameters: int, timing: dict) -> dict:
     sets = results["sets"]
     return {"role": "SmolLM2 QLoRA student", "precision": "nf4 + LoRA", "parameters": parameters, "memory_bytes": memory,
             **{m: sets["test"][m] for m in ("f1", "roc_auc", "tpr_at_1pct_fpr")}, "sets": sets, **timing,
@@ -219,7 +215,7 @@ def main(argv=None) -> None:
     encoder = json.loads(args.encoder.read_text())
     encoder_rows = [r for r in encoder["rows"] if r["precision"] in ("fp32", "bf16", "nf4")]
     teacher = next(r for r in encoder_rows if r["role"] == "teacher" and r["precision"] == "fp32")
-    row = student_row(args.run, results, memory, parameter_count(lm), timing)
+    row = student_row(results, memory, parameter_count(lm), timing)
     rows = [*encoder_rows, row]
     curve = learning_curve(args.run)
     save_learning_curve(curve, args.out.with_name(args.out.name + "-learning_curve.png"))
