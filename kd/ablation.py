@@ -62,6 +62,7 @@ import yaml
 
 from kd.cli import run_recipe
 from kd.errors import UsageError, run_cli, usage_errors
+from kd.eval.inference import scoring_model
 from kd.eval.measure import measure_latency
 from kd.eval.report import markdown_table, write_csv
 from kd.train.checkpoint import STATE_DIR
@@ -158,7 +159,7 @@ def cell_row(cell: Cell, run_dir: Path, latency_ms: float | None) -> dict:
 def cpu_latency_ms(run_dir: Path, urls: list[str]) -> float:
     """Median CPU milliseconds to score one URL (batch 1) with the cell's best model."""
     model, tokenizer = load_classifier(run_dir / "best", "fp32", "cpu")
-    return measure_latency(model, tokenizer, urls, batch_size=1, warmup=5, repeats=50)
+    return measure_latency(scoring_model(model), tokenizer, urls, batch_size=1, warmup=5, repeats=50)
 
 
 def summarise(rows: list[dict]) -> list[dict]:

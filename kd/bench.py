@@ -58,7 +58,7 @@ from kd.data.batching import TokenizedSet, eval_batches, length_bucketed_batches
 from kd.data.splits import DataConfig, DataReport, Examples, load_examples
 from kd.train.loss_fns import cross_entropy_sum, distillation_loss
 from kd.errors import UsageError, run_cli
-from kd.eval.inference import predict_tokenized
+from kd.eval.inference import predict_tokenized, scoring_model
 from kd.eval.measure import (
     PeakMemory,
     matmul_ceiling,
@@ -265,19 +265,21 @@ def trainer_section(folder: Path, examples: Examples, tokenizer, cfg: BenchConfi
 
 def inference_section(folder: Path, precision: str, urls: list[str], n_params: int, cfg: BenchConfig, device, ceiling: float) -> dict:
     """Throughput (batches of ``infer_batch_size``, length-sorted) and batch-1 latency of
-    :func:`models.quantized.load_classifier` ``(folder, precision)``, end to end."""
+    :func:`models.quantized.load_classifier` ``(folder, precision)``, end to end, in the
+    form kd.predict scores with (:func:`kd.eval.inference.scoring_model`, not compiled)."""
     from kd.data.urls import normalize_url
     from models.quantized import load_classifier
 
     model, tokenizer = load_classifier(folder, precision, device)
+    scorer = scoring_model(model)
     lengths = tokenize(Examples([normalize_url(u) for u in urls], [0] * len(urls)), tokenizer, cfg.max_length).lengths
     real, padded = token_counts(lengths, eval_batches(lengths, cfg.infer_batch_size))
     memory = PeakMemory(device)
     memory.start()
-    urls_per_s = measure_throughput(model, tokenizer, urls, batch_size=cfg.infer_batch_size, max_length=cfg.max_length)
+    urls_per_s = measure_throughput(scorer, tokenizer, urls, batch_size=cfg.infer_batch_size, max_length=cfg.max_length)
     peak = memory.stop()
     seconds = len(urls) / urls_per_s
-    latency = measure_latency(model, tokenizer, urls, batch_size=1, warmup=3, repeats=cfg.latency_repeats, max_length=cfg.max_length)
+    latency = measure_latency(scorer, tokenizer, urls, batch_size=1, warmup=3, repeats=cfg.latency_repeats, max_length=cfg.max_length)
     return {**throughput(len(urls), real, padded, seconds, 2 * n_params * real, ceiling), "peak_memory_mib": peak,
             "latency_ms_batch_1": latency, "weights_mib": memory_footprint_bytes(model) / 2**20,
             "batch_size": cfg.infer_batch_size}

@@ -23,6 +23,7 @@ from kd.data.batching import prepare_data
 from kd.data.sources import SourceSpec
 from kd.data.splits import DataConfig
 from kd.errors import UsageError, run_cli, usage_errors
+from kd.eval.inference import scoring_model
 from kd.eval.report import format_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
 from kd.train.config import RunConfig, _build, load_config
@@ -77,7 +78,7 @@ def main(argv=None) -> dict:
     _, tokenized = prepare_data(data_cfg, tokenizer, args.max_length)
     out = Path(args.out) if args.out else model_dir.resolve().parent.parent / f"eval-{model_dir.name}"
     out.mkdir(parents=True, exist_ok=True)
-    result = final_evaluation(model, tokenized, args.batch_size, scoring, out)
+    result = final_evaluation(scoring_model(model), tokenized, args.batch_size, scoring, out)
     result["model"] = str(model_dir)
     write_json(out / "eval.json", result)
     print(format_table(result["sets"], f"{model_dir} (threshold {result['threshold']:.3f} chosen on validation)"))

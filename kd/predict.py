@@ -32,7 +32,7 @@ import torch
 from kd.argtypes import positive_int, probability, token_length
 from kd.data.batching import windows
 from kd.errors import UsageError, run_cli
-from kd.eval.inference import compile_for_inference, predict_proba
+from kd.eval.inference import predict_proba, scoring_model
 from kd.eval.scoring import saved_scoring, scoring_autocast
 from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
 from kd.data.urls import normalize_url
@@ -536,7 +536,7 @@ examples:
                         help="truncate to this many tokens, as in training (default: 128)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model with inductor's weight freezing (kd.eval.inference."
-                             "compile_for_inference): the first batches compile (tens of seconds on a CPU), "
+                             "scoring_model): the first batches compile (15 to 35 s on a 2-core CPU), "
                              "later ones run faster; for long files")
     parser.add_argument("--chunk-rows", type=positive_int, default=CHUNK_ROWS,
                         help="rows read, sorted by length and scored at a time (the window), bounding "
@@ -577,8 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             saved = saved_precision(args.model)
         except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
             raise UsageError(str(err)) from err
-        if args.compile:
-            model = compile_for_inference(model)
+        model = scoring_model(model, compile=args.compile)
         threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
         if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision
             scoring = args.precision

@@ -154,14 +154,16 @@ def read_csv_rows(path) -> list[dict]:
 def aot_eager_compile(monkeypatch) -> list:
     """``torch.compile`` with the ``aot_eager`` backend: it traces as inductor does
     (dynamo + AOTAutograd, hooks included) without compiling C++ kernels. Returns the
-    list of ``(module, kwargs)`` each call received."""
+    list of ``(module, kwargs)`` each call received; an inductor ``mode`` is recorded
+    there and not passed on (``aot_eager`` has none)."""
     import torch
 
     calls, real_compile = [], torch.compile
 
     def compile_on_cpu(module, **kwargs):
         calls.append((module, kwargs))
-        return real_compile(module, **{**kwargs, "backend": "aot_eager"})
+        passed = {key: value for key, value in kwargs.items() if key != "mode"}
+        return real_compile(module, **{**passed, "backend": "aot_eager"})
 
     monkeypatch.setattr(torch, "compile", compile_on_cpu)
     return calls

@@ -1,4 +1,4 @@
-"""``kd.predict --compile``: scoring through ``compile_for_inference`` gives the eager scores (issue 15)."""
+"""``kd.predict --compile``: scoring through ``scoring_model(compile=True)`` gives the eager scores (issue 15)."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +6,7 @@ import torch._inductor.config as inductor_config
 from conftest import read_csv_rows, save_tiny_classifier
 
 import kd.predict
+from models.fused_bert import FusedBertClassifier
 
 
 def test_compiled_scoring_matches_eager(tmp_path, aot_eager_compile):
@@ -20,7 +21,8 @@ def test_compiled_scoring_matches_eager(tmp_path, aot_eager_compile):
             out = tmp_path / f"scores{len(flags)}.csv"
             assert kd.predict.main(["--model", str(model), "--input", str(source), "--output", str(out), *flags]) == 0
             scores[len(flags)] = [float(row["probability_phishing"]) for row in read_csv_rows(out)]
-        assert [kwargs for _, kwargs in aot_eager_compile] == [{"dynamic": True}] and inductor_config.freezing is True
+        assert [kwargs for _, kwargs in aot_eager_compile] == [{"dynamic": True, "mode": "max-autotune-no-cudagraphs"}]
+        assert isinstance(aot_eager_compile[0][0], FusedBertClassifier) and inductor_config.freezing is True
     finally:
         inductor_config.freezing = freezing
     torch.testing.assert_close(torch.tensor(scores[1]), torch.tensor(scores[0]), rtol=1e-5, atol=1e-6)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from kd.data.batching import tokenize
+from kd.eval.inference import scoring_model
 from kd.eval.measure import measure_latency, measure_throughput, memory_footprint_bytes, parameter_count, size_on_disk_bytes
 from kd.eval.report import markdown_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
@@ -53,11 +54,14 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
                   max_length: int, batch_size: int, latency_repeats: int, throughput_urls: int) -> dict:
     """Reload a saved variant and measure it: memory, accuracy, latency, throughput.
     Its threshold, scoring precision and metrics go to ``folder/metrics.json``
-    (read by kd.predict and kd.evaluate), its ROC curves to ``folder/roc.png``."""
+    (read by kd.predict and kd.evaluate), its ROC curves to ``folder/roc.png``. It is
+    scored as kd.predict scores it (``kd.eval.inference.scoring_model``); its size
+    is the loaded model's."""
     model, tokenizer = load_classifier(folder, device=device)
+    scorer = scoring_model(model)
     sets = splits.all_sets()
     tokenized = {name: tokenize(sets[name], tokenizer, max_length) for name in set_names}
-    evaluation = final_evaluation(model, tokenized, batch_size, scoring_precision, folder)
+    evaluation = final_evaluation(scorer, tokenized, batch_size, scoring_precision, folder)
     write_json(folder / "metrics.json", evaluation)
     threshold, sets = evaluation["threshold"], evaluation["sets"]
     test_urls = splits.test.urls
@@ -68,10 +72,10 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
         "threshold": threshold,
         "scoring_precision": scoring_precision,
         **{m: sets["test"][m] for m in REPORT_METRICS},
-        "latency_ms_batch1": measure_latency(model, tokenizer, test_urls, batch_size=1, repeats=latency_repeats,
+        "latency_ms_batch1": measure_latency(scorer, tokenizer, test_urls, batch_size=1, repeats=latency_repeats,
                                              max_length=max_length),
         "throughput_urls_per_s_batch256": measure_throughput(
-            model, tokenizer, test_urls[:throughput_urls], batch_size=256, max_length=max_length),
+            scorer, tokenizer, test_urls[:throughput_urls], batch_size=256, max_length=max_length),
         "sets": sets,
     }
     del model
