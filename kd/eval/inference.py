@@ -69,9 +69,13 @@ def scoring_model(model: torch.nn.Module, *, compile: bool = False) -> torch.nn.
       (in inference mode the weights become constants, pre-packed once for the
       matmul kernels instead of reordered at every call). On the CPU it uses the
       ``max-autotune-no-cudagraphs`` mode, whose C++ GEMM templates (AMX or
-      AVX-512) beat oneDNN on these small matrices. The first calls compile,
-      about 15 s for batch 1 and 35 s for larger batches on a 2-core CPU, so it
-      pays on long inputs or a long-lived process.
+      AVX-512) beat oneDNN on these small matrices, and inductor's C++ wrapper,
+      which calls the kernels without Python in between (0.15 ms of a 1.5 ms
+      batch-1 call). Batch 1 and the first larger batch each compile once, 23 to
+      52 s in all on the 2-core CPU (``benchmarks/cpu-scoring.md``), so it pays on
+      long inputs or in a long-lived process. ``freezing`` and ``cpp_wrapper`` are
+      inductor-wide settings, read when a graph compiles: they stay set for the
+      rest of the process.
 
     The result takes ``.config`` and ``.parameters()`` like ``model``.
     """
@@ -83,8 +87,10 @@ def scoring_model(model: torch.nn.Module, *, compile: bool = False) -> torch.nn.
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = True  # read when the first call compiles; applies to inference graphs only
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    return torch.compile(model, dynamic=True, **({"mode": "max-autotune-no-cudagraphs"} if on_cpu else {}))
+    if next(model.parameters()).device.type != "cpu":
+        return torch.compile(model, dynamic=True)
+    inductor_config.cpp_wrapper = True
+    return torch.compile(model, dynamic=True, mode="max-autotune-no-cudagraphs")
 
 
 def predict_logits(
