@@ -46,7 +46,7 @@ from kd.errors import run_cli, usage_errors
 from kd.eval.measure import parameter_count
 from kd.eval.scoring import make_validator
 from kd.eval.report import write_json
-from kd.train.distributed import DistInfo, barrier, default_device
+from kd.train.distributed import DistInfo, barrier, close_distributed, default_device
 from kd.train.generative import (
     QLoRARunConfig,
     build_objectives,
@@ -219,7 +219,10 @@ def main(argv=None) -> dict:
     with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed,
                           current=resolved_config(cfg), data_cfg=cfg.data):
         distill = distill_generative if args.generative else distill_encoder
-        return distill(cfg, resume=args.resume)
+        try:
+            return distill(cfg, resume=args.resume)
+        finally:
+            close_distributed()
 
 
 if __name__ == "__main__":

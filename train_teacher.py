@@ -22,7 +22,7 @@ from kd.errors import run_cli, usage_errors
 from kd.eval.measure import parameter_count
 from kd.eval.scoring import make_validator
 from kd.train.config import RunConfig
-from kd.train.distributed import barrier
+from kd.train.distributed import barrier, close_distributed
 from kd.train.loop import autocast_dtype, train
 from kd.train.loss_fns import cross_entropy_sum
 from kd.train.run import finish_run, make_saver, run_info, setup_process, start_run
@@ -71,7 +71,10 @@ def main(argv=None) -> dict:
     resolve_model_path(cfg.model.name_or_path)  # no such folder, custom code: before the run folder is claimed
     with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed,
                           current=resolved_config(cfg), data_cfg=cfg.data):
-        return run(cfg, resume=args.resume)
+        try:
+            return run(cfg, resume=args.resume)
+        finally:
+            close_distributed()
 
 
 if __name__ == "__main__":

@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     finally:
-        close_distributed(shard)
+        close_distributed()
 
 
 if __name__ == "__main__":

@@ -244,3 +244,29 @@ def test_train_keeps_ranks_identical_and_only_rank_0_writes(ranks):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
     assert (run / "checkpoints" / "step-000003" / "objective.safetensors").is_file()
     assert (run / "train_history.json").is_file()
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A one-process gloo group, joined as a ``torchrun`` rank joins its own; left after the test if still open."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_the_recipes_leave_the_process_group_when_they_end_or_fail(one_rank_group, tiny_teacher_run, tmp_path):
+    """A gloo rank that exits with its group open can abort ("terminate called without an active exception")."""
+    import train_student
+    import train_teacher
+    from conftest import student_overrides
+
+    from kd.data.sources import DataError
+
+    overrides = [arg for o in student_overrides(tiny_teacher_run, "student") for arg in ("--set", o)]
+    train_student.main(overrides)
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store2'}", rank=0, world_size=1)
+    with pytest.raises(DataError, match="missing.csv"):
+        train_teacher.main(["--out", str(tmp_path / "teacher"), "--set", f"data.sources=[{tmp_path / 'missing.csv'}]"])
+    assert not dist.is_initialized()

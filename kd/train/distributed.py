@@ -38,11 +38,12 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world_size, local_rank)
 
 
-def close_distributed(info: DistInfo) -> None:
+def close_distributed() -> None:
     """Leave the process group that :func:`init_distributed` joined (every rank, after
-    its last collective): a gloo process that exits with its group still open can
-    abort ("terminate called without an active exception"). No-op in a single process."""
-    if info.enabled and dist.is_initialized():
+    its last collective; every command that may run under torchrun calls it on its
+    way out): a gloo process that exits with its group still open can abort
+    ("terminate called without an active exception"). No-op without a group."""
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
