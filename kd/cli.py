@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kd.data.sources import SourceSpec
-from kd.errors import UsageError
+from kd.errors import RecipeFailed
 from kd.train.config import RunConfig, load_config
 
 
@@ -48,10 +48,10 @@ def config_from_args(args, cls=RunConfig):
 def run_recipe(module: str, argv: list[str]) -> None:
     """``python -m MODULE ARGV`` (a recipe, e.g. ``train_student``) as a user would run it,
     in a process of its own that imports this repository's code (it goes first on
-    ``PYTHONPATH``); ``UsageError`` if it fails (its own message is above)."""
+    ``PYTHONPATH``); :class:`kd.errors.RecipeFailed` if it fails (its own message is above)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     sys.stdout.flush()  # what this process printed comes before the recipe's output
     status = subprocess.run([sys.executable, "-m", module, *argv], env=env).returncode
     if status:
-        raise UsageError(f"python -m {module} stopped with status {status} (its error is above)")
+        raise RecipeFailed(f"python -m {module}", status)

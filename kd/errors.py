@@ -4,7 +4,9 @@ A mistake of the user (a bad option or config value, a missing or unusable
 input file or model folder, a busy or mismatched run folder) prints **one
 line** to stderr and exits with status 2, as argparse does for its own
 errors; ``--debug`` anywhere on the command line shows the traceback
-instead. Anything else is a bug and keeps its traceback (status 1).
+instead. Anything else is a bug and keeps its traceback (status 1). A recipe
+that a command runs as a process of its own (kd.demo, kd.ablation) and that
+fails is a :class:`RecipeFailed`: one line, and the recipe's own status.
 
 What counts as the user's mistake, exactly:
 
@@ -18,6 +20,7 @@ What counts as the user's mistake, exactly:
 """
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +40,25 @@ class UsageError(ValueError):
 USER_ERRORS = (UsageError, DataError, ModelFolderError)
 
 
+class RecipeFailed(Exception):
+    """A recipe run as a process of its own exited with ``status`` (a negative one: killed
+    by that signal); its own error is above, so this one is a single line."""
+
+    def __init__(self, command: str, status: int):
+        self.status = status
+        if status > 0:
+            super().__init__(f"{command} stopped with status {status} (its error is above)")
+        else:
+            name = signal.Signals(-status).name if -status in signal.valid_signals() else f"signal {-status}"
+            hint = "; the kernel's out-of-memory killer sends it when memory runs out" if status == -signal.SIGKILL else ""
+            super().__init__(f"{command} was killed by {name}{hint}")
+
+    @property
+    def exit_status(self) -> int:
+        """The status this command exits with: the recipe's, or 128 + the signal as a shell reports it."""
+        return self.status if self.status > 0 else 128 - self.status
+
+
 @contextmanager
 def usage_errors() -> Iterator[None]:
     """Turn ``ValueError`` / ``FileNotFoundError`` raised inside into :class:`UsageError`:
@@ -54,7 +76,8 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
 
     A user error (:data:`USER_ERRORS`) prints ``PROG: error: MESSAGE`` on one
     line and returns 2, unless ``--debug`` was given: then it propagates with
-    its traceback. ``main`` returning an int returns it; anything else is 0.
+    its traceback. :class:`RecipeFailed` prints one line and returns the
+    recipe's status. ``main`` returning an int returns it; anything else is 0.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
@@ -68,4 +91,7 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"{prog}: error: {message} (rerun with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
         return USAGE_STATUS
+    except RecipeFailed as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_status
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

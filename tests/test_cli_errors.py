@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-from kd.errors import UsageError, run_cli
+from kd.errors import RecipeFailed, UsageError, run_cli
 from kd.train.loop import TrainConfig
 from losses import parse_spec
 
@@ -83,6 +83,27 @@ def test_as_a_process(tmp_path):
     debug = subprocess.run([*command, "--debug"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "UsageError" in debug.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_recipe_exits_with_its_own_status_in_one_line(capsys):
+    """kd.demo and kd.ablation run recipes as processes: a crash is not the user's mistake (status 2)."""
+    from kd.cli import run_recipe
+
+    def main(argv):
+        run_recipe("kd.no_such_recipe", [])
+
+    assert run_cli(main, [], prog="kd.demo") == 1
+    err = capsys.readouterr().err
+    assert err.endswith("kd.demo: error: python -m kd.no_such_recipe stopped with status 1 (its error is above)\n")
+
+
+def test_a_recipe_killed_by_a_signal_exits_as_a_shell_reports_it(capsys):
+    def main(argv):
+        raise RecipeFailed("python -m train_student", -9)
+
+    assert run_cli(main, [], prog="kd.ablation") == 137
+    assert capsys.readouterr().err == ("kd.ablation: error: python -m train_student was killed by SIGKILL; the kernel's "
+                                       "out-of-memory killer sends it when memory runs out\n")
 
 
 @pytest.mark.parametrize("field,value", [
