@@ -8,8 +8,10 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from kd.data.batching import TokenizedSet, collate
 from kd.train.loss_fns import cross_entropy_sum, distillation_loss
+from kd.train.checkpoint import point_link
 from kd.train.distributed import DistInfo, init_distributed
 from kd.train.loop import TrainConfig, build_optimizer, forward_backward, train
 from losses import build_objective
@@ -113,7 +116,7 @@ def one_step(spec: str | None, micro_batches: list[np.ndarray], dist_info: DistI
     return out
 
 
-def train_run(out_dir, dist_info: DistInfo = DistInfo(), grad_accum: int = 1) -> dict:
+def train_run(out_dir, dist_info: DistInfo = DistInfo(), grad_accum: int = 1, resume: bool = False) -> dict:
     """The 3-step distillation ``train()`` of ``TRAIN_CFG`` from rank-dependent initial weights;
     returns the final weights, how often ``save`` ran, what the rank printed, and per
     ``loss_fn`` call the examples it saw and a draw from the training RNG (as dropout would)."""
@@ -134,7 +137,7 @@ def train_run(out_dir, dist_info: DistInfo = DistInfo(), grad_accum: int = 1) ->
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         train(student, recording_loss_fn, url_like_set(48, seed=1), lambda m: {"roc_auc": 0.5},
               TrainConfig(**TRAIN_CFG, grad_accum=grad_accum), out_dir,
-              save=save, device=torch.device("cpu"), dist_info=dist_info, extra_modules=extra)
+              save=save, device=torch.device("cpu"), dist_info=dist_info, extra_modules=extra, resume=resume)
     weights = {f"weight.{n}": p.detach().clone() for n, p in named_params(student, extra).items()}
     return {"weights": weights, "saves": saves, "printed": printed.getvalue(), "seen": seen, "draws": draws}
 
@@ -156,6 +159,12 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         tensors.update({f"unsynced/{k}": v for k, v in unsynced.items()})
         trained = train_run(os.path.join(out_dir, "run"), dist_info, grad_accum=2)
         tensors.update({f"train/{k}": v for k, v in trained["weights"].items()})
+        resumed_dir = os.path.join(out_dir, "resumed")  # the same run, resumed from its step-2 checkpoint
+        if rank == 0:
+            shutil.copytree(os.path.join(out_dir, "run"), resumed_dir, symlinks=True)
+            point_link(Path(resumed_dir) / "last", Path(resumed_dir) / "checkpoints" / "step-000002")
+        dist.barrier()
+        trained["resumed_draws"] = train_run(resumed_dir, dist_info, grad_accum=2, resume=True)["draws"]
         save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
             json.dump({k: v for k, v in trained.items() if k != "weights"}, handle)
@@ -221,6 +230,13 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(ranks, tmp_
     assert_same({k.split("/", 1)[1]: v for k, v in tensors[0].items() if k.startswith("train/")}, alone["weights"],
                 alone["weights"].keys())
     assert info[0]["draws"] != info[1]["draws"]  # each rank draws its own dropout masks
+
+
+def test_a_resumed_run_draws_what_each_rank_would_have_drawn(ranks):
+    """Each rank's RNG state is saved with the checkpoint: dropout after a resume is the uninterrupted run's."""
+    _, info, _ = ranks
+    for rank in range(WORLD):
+        assert info[rank]["resumed_draws"] == info[rank]["draws"][-2:]  # step 3: 2 micro-batches per rank
 
 
 def test_global_batch_must_split_over_ranks_and_micro_batches(tmp_path):

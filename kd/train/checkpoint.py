@@ -77,14 +77,17 @@ def prune_checkpoints(out_dir: Path, keep_links=("best", "last")) -> None:
 # --- optimizer / scheduler / RNG state, without pickle ------------------------------------
 
 
-def save_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer, state: dict) -> None:
+def save_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer, state: dict,
+                       rank_rng: dict[str, torch.Tensor] | None = None) -> None:
     """Write the full training state into ``folder``.
 
     ``modules``' weights go to ``{name}.safetensors`` (the exact training
     state_dict, including what ``save_pretrained`` may drop), the optimizer's
     tensors to ``optimizer.safetensors``, the torch RNG states to
-    ``rng.safetensors``, and the JSON-able rest (step, epoch, scheduler,
-    scaler, early-stopping state, optimizer hyper-parameters) to ``state.json``.
+    ``rng.safetensors`` (with ``rank_rng``, every rank's under torchrun:
+    :func:`kd.train.distributed.gather_rng_states`), and the JSON-able rest
+    (step, epoch, scheduler, scaler, early-stopping state, optimizer
+    hyper-parameters) to ``state.json``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     for name, module in modules.items():
@@ -101,7 +104,7 @@ def save_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimi
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, str(folder / "rng.safetensors"))
+    save_file({**rng, **(rank_rng or {})}, str(folder / "rng.safetensors"))
     write_json(folder / "state.json", {**state, "optimizer_param_groups": opt["param_groups"], "optimizer_scalars": scalars})
 
 
@@ -131,6 +134,19 @@ def load_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimi
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     return state
+
+
+def restore_rank_rng(folder: Path, rank: int, device: torch.device) -> bool:
+    """Set this rank's RNG states from what :func:`save_trainer_state` saved for it
+    under torchrun; False if the checkpoint has none for this rank (written by
+    one process, or by fewer ranks)."""
+    rng = load_file(str(folder / "rng.safetensors"))
+    if f"cpu.rank{rank}" not in rng:
+        return False
+    torch.set_rng_state(rng[f"cpu.rank{rank}"])
+    if device.type == "cuda" and f"cuda.rank{rank}" in rng:
+        torch.cuda.set_rng_state(rng[f"cuda.rank{rank}"], device)
+    return True
 
 
 # --- one writer per run folder ------------------------------------------------------------

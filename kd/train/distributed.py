@@ -47,6 +47,21 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
+def gather_rng_states(info: DistInfo, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every rank's torch RNG states, ``{"cpu.rank{r}": state}`` (and ``"cuda.rank{r}"``
+    for the rank's GPU), on every rank: what each rank's dropout draws next, for an
+    exact resume. A collective: every rank calls it."""
+    mine = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    gathered = {}
+    for kind, state in mine.items():
+        parts = [torch.empty_like(state, device=device) for _ in range(info.world_size)]
+        dist.all_gather(parts, state.to(device))  # NCCL gathers GPU tensors only
+        gathered.update({f"{kind}.rank{rank}": part.cpu() for rank, part in enumerate(parts)})
+    return gathered
+
+
 def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a tensor over all ranks (identity in a single process)."""
     if info.enabled:

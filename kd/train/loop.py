@@ -44,12 +44,13 @@ from kd.train.checkpoint import (
     load_trainer_state,
     point_link,
     prune_checkpoints,
+    restore_rank_rng,
     save_trainer_state,
     write_checkpoint,
 )
 from kd.eval.measure import process_peak_memory_mib
 from kd.eval.report import write_json
-from kd.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters
+from kd.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters, gather_rng_states
 from kd.eval.metrics import SELECTION_METRICS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -326,9 +327,9 @@ def train(
         state.pop("scaler", None)
         if dist_info.is_main:
             print(f"resumed from {last.parent.resolve().name}: step {state['step']}, epoch {state['epoch']}")
-    if dist_info.enabled:
-        # Data order depends on (seed, epoch) only; dropout must differ per rank. A resumed run
-        # has rank 0's saved state everywhere, hence the step in the seed.
+    if dist_info.enabled and not (resume and restore_rank_rng(last, dist_info.rank, device)):
+        # Data order depends on (seed, epoch) only; dropout must differ per rank. A checkpoint
+        # without this rank's RNG state (written by fewer ranks) resumes with a fresh seed per step.
         torch.manual_seed(cfg.seed + dist_info.rank + dist_info.world_size * state["step"])
     writer = None
     if dist_info.is_main:
@@ -338,6 +339,7 @@ def train(
 
     def checkpoint(kind: tuple[str, ...]) -> None:
         """Write the step's checkpoint folder once and point the links in ``kind`` at it."""
+        rank_rng = gather_rng_states(dist_info, device) if dist_info.enabled and "last" in kind else None
         if dist_info.is_main:
             name = f"step-{state['step']:06d}"
 
@@ -347,7 +349,7 @@ def train(
                     save_model(module, str(folder / f"{extra_name}.safetensors"))
                 if "last" in kind:
                     snapshot = {**state, "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None}
-                    save_trainer_state(folder / STATE_DIR, modules, optimizer, snapshot)
+                    save_trainer_state(folder / STATE_DIR, modules, optimizer, snapshot, rank_rng)
                 write_json(folder / "metrics.json", {"step": state["step"], "validation": state["history"][-1] if state["history"] else None})
 
             folder = write_checkpoint(out_dir / "checkpoints", name, write)
