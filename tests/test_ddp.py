@@ -239,6 +239,19 @@ def test_a_resumed_run_draws_what_each_rank_would_have_drawn(ranks):
         assert info[rank]["resumed_draws"] == info[rank]["draws"][-2:]  # step 3: 2 micro-batches per rank
 
 
+def test_rank_rng_states_restore_only_for_the_world_size_that_saved_them(tmp_path):
+    from kd.train.checkpoint import restore_rank_rng, save_trainer_state
+
+    model = torch.nn.Linear(2, 2)
+    saved = {f"cpu.rank{r}": torch.manual_seed(100 + r).get_state() for r in range(2)}
+    save_trainer_state(tmp_path, {"model": model}, torch.optim.SGD(model.parameters(), lr=0.1), {}, saved)
+    before = torch.manual_seed(7).get_state()
+    assert not restore_rank_rng(tmp_path, 1, 3, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert restore_rank_rng(tmp_path, 1, 2, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), saved["cpu.rank1"])
+
+
 def test_global_batch_must_split_over_ranks_and_micro_batches(tmp_path):
     student, loss_fn, _ = build_case(None)
     cfg = TrainConfig(**{**TRAIN_CFG, "batch_size": 6}, grad_accum=2)

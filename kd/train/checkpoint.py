@@ -136,12 +136,12 @@ def load_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimi
     return state
 
 
-def restore_rank_rng(folder: Path, rank: int, device: torch.device) -> bool:
+def restore_rank_rng(folder: Path, rank: int, world_size: int, device: torch.device) -> bool:
     """Set this rank's RNG states from what :func:`save_trainer_state` saved for it
-    under torchrun; False if the checkpoint has none for this rank (written by
-    one process, or by fewer ranks)."""
+    under torchrun; False, changing nothing, if the checkpoint was not written by
+    ``world_size`` ranks (one process, or another number of them)."""
     rng = load_file(str(folder / "rng.safetensors"))
-    if f"cpu.rank{rank}" not in rng:
+    if sum(key.startswith("cpu.rank") for key in rng) != world_size:
         return False
     torch.set_rng_state(rng[f"cpu.rank{rank}"])
     if device.type == "cuda" and f"cuda.rank{rank}" in rng:

@@ -327,9 +327,9 @@ def train(
         state.pop("scaler", None)
         if dist_info.is_main:
             print(f"resumed from {last.parent.resolve().name}: step {state['step']}, epoch {state['epoch']}")
-    if dist_info.enabled and not (resume and restore_rank_rng(last, dist_info.rank, device)):
+    if dist_info.enabled and not (resume and restore_rank_rng(last, dist_info.rank, dist_info.world_size, device)):
         # Data order depends on (seed, epoch) only; dropout must differ per rank. A checkpoint
-        # without this rank's RNG state (written by fewer ranks) resumes with a fresh seed per step.
+        # written by another number of ranks resumes with a fresh seed per rank and step.
         torch.manual_seed(cfg.seed + dist_info.rank + dist_info.world_size * state["step"])
     writer = None
     if dist_info.is_main:
