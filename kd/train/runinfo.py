@@ -39,12 +39,26 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def cpu_model_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The CPU's marketing name (Linux ``model name``, e.g. ``AMD EPYC``), or ``None``
+    where there is no such file. A cloud VM can come back on another host after a
+    restart, and its speed changes with it, so every timed report names the CPU."""
+    try:
+        lines = Path(cpuinfo).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name") and ":" in line]
+    return names[0] if names and names[0] else None
+
+
 def device_description() -> str:
+    """``NVIDIA H200`` on CUDA; ``CPU (AMD EPYC, x86_64, 2 threads)`` elsewhere."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    parts = [cpu_model_name(), platform.machine() or platform.processor(), f"{torch.get_num_threads()} threads"]
+    return f"CPU ({', '.join(p for p in parts if p)})"
 
 
 # --- --resume continues the same run ---------------------------------------------------------
