@@ -88,3 +88,11 @@ def test_unknown_set_is_a_clear_error(tiny_teacher_run, student_dir):
 
     with pytest.raises(UsageError, match="no set named"):
         quantize.main(["--student", str(student_dir), "--sets", "nope", "--out", str(tiny_teacher_run / "q2")])
+
+
+def test_labels_of_points_that_coincide_go_on_separate_lines():
+    from kd.eval.variants import label_rows
+
+    # bf16 and dynamic-int8 students: same F1, sizes 10 % apart; a third on the same spot; fp32 far away.
+    points = [(17.8, 0.9607), (19.6, 0.9607), (18.5, 0.9607), (35.5, 0.9607), (17.1, 0.9575), (90.9, 0.9663)]
+    assert label_rows(points) == [0, 1, 2, 0, 0, 0]
