@@ -240,16 +240,24 @@ def test_a_resumed_run_draws_what_each_rank_would_have_drawn(ranks):
 
 
 def test_rank_rng_states_restore_only_for_the_world_size_that_saved_them(tmp_path):
-    from kd.train.checkpoint import restore_rank_rng, save_trainer_state
+    from kd.train.checkpoint import restore_rng, save_trainer_state
 
     model = torch.nn.Linear(2, 2)
     saved = {f"cpu.rank{r}": torch.manual_seed(100 + r).get_state() for r in range(2)}
     save_trainer_state(tmp_path, {"model": model}, torch.optim.SGD(model.parameters(), lr=0.1), {}, saved)
     before = torch.manual_seed(7).get_state()
-    assert not restore_rank_rng(tmp_path, 1, 3, torch.device("cpu"))
+    assert not restore_rng(tmp_path, torch.device("cpu"), rank=1, world_size=3)
     assert torch.equal(torch.get_rng_state(), before)
-    assert restore_rank_rng(tmp_path, 1, 2, torch.device("cpu"))
+    assert restore_rng(tmp_path, torch.device("cpu"), rank=1, world_size=2)
     assert torch.equal(torch.get_rng_state(), saved["cpu.rank1"])
+
+
+def test_a_single_process_restores_the_device_states_in_device_order_without_the_rank_states():
+    """A torchrun checkpoint also holds ``cuda.rank{r}``; those are not devices of this process."""
+    from kd.train.checkpoint import device_rng_states
+
+    rng = {key: torch.tensor([i]) for i, key in enumerate(["cpu", "cuda.rank0", "cuda.rank1", "cuda10", "cuda2", "cuda0", "cuda1"])}
+    assert [int(t) for t in device_rng_states(rng)] == [5, 6, 4, 3]
 
 
 def test_global_batch_must_split_over_ranks_and_micro_batches(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,7 +110,8 @@ def save_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimi
 
 
 def load_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimizer, device) -> dict:
-    """Restore what :func:`save_trainer_state` wrote; return the JSON state."""
+    """Restore what :func:`save_trainer_state` wrote but the RNG states (:func:`restore_rng`);
+    return the JSON state."""
     if not (folder / "state.json").is_file():
         raise FileNotFoundError(f"no resumable trainer state in {folder}")
     state = json.loads((folder / "state.json").read_text())
@@ -128,24 +130,35 @@ def load_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimi
         if "step" in entries and torch.is_tensor(entries["step"]):
             entries["step"] = entries["step"].cpu()
     optimizer.load_state_dict({"state": opt_state, "param_groups": state.pop("optimizer_param_groups")})
-    rng = load_file(str(folder / "rng.safetensors"))
-    torch.set_rng_state(rng["cpu"])
-    cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
     return state
 
 
-def restore_rank_rng(folder: Path, rank: int, world_size: int, device: torch.device) -> bool:
-    """Set this rank's RNG states from what :func:`save_trainer_state` saved for it
-    under torchrun; False, changing nothing, if the checkpoint was not written by
-    ``world_size`` ranks (one process, or another number of them)."""
+def device_rng_states(rng: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The per-device CUDA states of an ``rng.safetensors`` (``cuda0``, ``cuda1``, ...,
+    ``cuda10``), in device order; not the per-rank ``cuda.rank{r}`` ones."""
+    devices = sorted(int(key[4:]) for key in rng if re.fullmatch(r"cuda\d+", key))
+    return [rng[f"cuda{i}"] for i in devices]
+
+
+def restore_rng(folder: Path, device: torch.device, rank: int = 0, world_size: int = 1) -> bool:
+    """Set the torch RNG states that :func:`save_trainer_state` saved in ``folder``.
+
+    One process gets the states it saved (True). Under torchrun (``world_size`` > 1)
+    this rank gets its own, if the checkpoint was written by ``world_size`` ranks
+    (True); otherwise nothing changes (False) and the caller reseeds.
+    """
     rng = load_file(str(folder / "rng.safetensors"))
-    if sum(key.startswith("cpu.rank") for key in rng) != world_size:
-        return False
-    torch.set_rng_state(rng[f"cpu.rank{rank}"])
-    if device.type == "cuda" and f"cuda.rank{rank}" in rng:
-        torch.cuda.set_rng_state(rng[f"cuda.rank{rank}"], device)
+    if world_size > 1:
+        if sum(key.startswith("cpu.rank") for key in rng) != world_size:
+            return False
+        torch.set_rng_state(rng[f"cpu.rank{rank}"])
+        if device.type == "cuda" and f"cuda.rank{rank}" in rng:
+            torch.cuda.set_rng_state(rng[f"cuda.rank{rank}"], device)
+        return True
+    torch.set_rng_state(rng["cpu"])
+    cuda_states = device_rng_states(rng)
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
     return True
 
 

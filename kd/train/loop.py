@@ -44,7 +44,7 @@ from kd.train.checkpoint import (
     load_trainer_state,
     point_link,
     prune_checkpoints,
-    restore_rank_rng,
+    restore_rng,
     save_trainer_state,
     write_checkpoint,
 )
@@ -327,7 +327,8 @@ def train(
         state.pop("scaler", None)
         if dist_info.is_main:
             print(f"resumed from {last.parent.resolve().name}: step {state['step']}, epoch {state['epoch']}")
-    if dist_info.enabled and not (resume and restore_rank_rng(last, dist_info.rank, dist_info.world_size, device)):
+    restored = resume and restore_rng(last, device, dist_info.rank, dist_info.world_size)
+    if dist_info.enabled and not restored:
         # Data order depends on (seed, epoch) only; dropout must differ per rank. A checkpoint
         # written by another number of ranks resumes with a fresh seed per rank and step.
         torch.manual_seed(cfg.seed + dist_info.rank + dist_info.world_size * state["step"])
