@@ -63,12 +63,18 @@ SEED_STUDENT ?= runs/student-mpnet-6l
 SEED_OUT ?= runs/quantized-mpnet-base
 SEED_SET ?=
 SEED_SETS := $(foreach s,$(SEED_SET),--set $(s))
+# A second `make seed` continues each training run already in its folder (--resume: a finished one is only
+# re-evaluated; one with other settings is refused); SEED_OVERWRITE=1 starts both over instead.
+SEED_OVERWRITE ?=
+seed_flags = $(if $(SEED_OVERWRITE),--overwrite,$$(test -f $(1)/last/trainer_state/state.json && echo --resume))
 
 seed: install-seed
 	@echo "== teacher: $(SEED_TEACHER) ($$(date -u +%FT%TZ))"
-	KD_DATA_DIR=$(DATA) $(PY) train_teacher.py --config teacher-mpnet-base --out $(SEED_TEACHER) $(SEED_SETS)
+	KD_DATA_DIR=$(DATA) $(PY) train_teacher.py --config teacher-mpnet-base --out $(SEED_TEACHER) $(SEED_SETS) \
+		$(call seed_flags,$(SEED_TEACHER))
 	@echo "== student: $(SEED_STUDENT) ($$(date -u +%FT%TZ))"
-	KD_DATA_DIR=$(DATA) $(PY) train_student.py --config student-mpnet-6l --teacher $(SEED_TEACHER)/best --out $(SEED_STUDENT) $(SEED_SETS)
+	KD_DATA_DIR=$(DATA) $(PY) train_student.py --config student-mpnet-6l --teacher $(SEED_TEACHER)/best --out $(SEED_STUDENT) $(SEED_SETS) \
+		$(call seed_flags,$(SEED_STUDENT))
 	@echo "== quantize: $(SEED_OUT) ($$(date -u +%FT%TZ))"
 	KD_DATA_DIR=$(DATA) $(PY) quantize.py --student $(SEED_STUDENT)/best --teacher $(SEED_TEACHER)/best \
 		--precisions nf4 fp4 int8 --sets validation test iscx-benign+phishtank --device cpu --out $(SEED_OUT)

@@ -52,6 +52,7 @@ from kd.eval.variants import (
 )
 from kd.evaluate import add_data_arguments, data_config_for
 from kd.eval.report import write_json
+from kd.outputs import check_apart, publish_folder
 from kd.train.runinfo import device_description, library_versions
 from models.paths import resolve_model_path
 from models.quantized import QUANTIZED_PRECISIONS
@@ -81,6 +82,7 @@ def main(argv=None) -> dict:
     started = time.time()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     student = Path(args.student)
+    check_apart(args.out, "--out", {"--student": args.student, "--teacher": args.teacher})
     for folder in (student, *([Path(args.teacher)] if args.teacher else [])):
         resolve_model_path(str(folder))  # no such folder, custom code: say so before the data is read
     with usage_errors():
@@ -100,12 +102,16 @@ def main(argv=None) -> dict:
     for role, source, precision in variants:
         print(f"{role} {precision}: quantize, save, reload, measure")
         folder = out / f"{role}-{precision}"
-        disk_bytes = save_variant(source, precision, folder, device)
-        rows.append({"role": role, "precision": precision, "folder": str(folder), "disk_bytes": disk_bytes,
-                     "training_minutes": training_minutes(source),
-                     **score_variant(folder, variant_scoring_precision(source, precision), splits, set_names, device,
+        row = {"role": role, "precision": precision, "folder": str(folder), "training_minutes": training_minutes(source)}
+
+        def save_and_score(tmp: Path) -> None:  # the folder appears only with its metrics.json (threshold)
+            row["disk_bytes"] = save_variant(source, precision, tmp, device)
+            row.update(score_variant(tmp, variant_scoring_precision(source, precision), splits, set_names, device,
                                      max_length=args.max_length, batch_size=args.batch_size,
-                                     latency_repeats=args.latency_repeats, throughput_urls=args.throughput_urls)})
+                                     latency_repeats=args.latency_repeats, throughput_urls=args.throughput_urls))
+
+        publish_folder(folder, save_and_score)
+        rows.append(row)
     add_relative_sizes(rows)
 
     report = {"device": device_description() if device.type == "cpu" else torch.cuda.get_device_name(device),

@@ -216,8 +216,12 @@ def main(argv=None) -> dict:
             parse_spec(cfg.distill.objective)  # a bad objective fails now, not after the data and the teacher load
     if not args.generative:
         resolve_model_path(cfg.teacher)  # no such folder, custom code: before the run folder is claimed
-    with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed,
-                          current=resolved_config(cfg), data_cfg=cfg.data):
+    inputs = {"--teacher": cfg.teacher}
+    if args.generative:
+        inputs.update({"student.name_or_path": cfg.student.name_or_path,
+                       "distill.generative_teacher": cfg.distill.generative_teacher})
+    with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed, overwrite=args.overwrite,
+                          current=resolved_config(cfg), data_cfg=cfg.data, inputs=inputs):
         distill = distill_generative if args.generative else distill_encoder
         try:
             return distill(cfg, resume=args.resume)

@@ -69,8 +69,9 @@ def main(argv=None) -> dict:
     with usage_errors():
         cfg = config_from_args(args)
     resolve_model_path(cfg.model.name_or_path)  # no such folder, custom code: before the run folder is claimed
-    with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed,
-                          current=resolved_config(cfg), data_cfg=cfg.data):
+    with claim_run_folder(Path(cfg.out_dir), resume=args.resume, allowed=args.allow_changed, overwrite=args.overwrite,
+                          current=resolved_config(cfg), data_cfg=cfg.data,
+                          inputs={"model.name_or_path": cfg.model.name_or_path}):
         try:
             return run(cfg, resume=args.resume)
         finally:

@@ -25,6 +25,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_config: str | 
     parser.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last (optimizer, scheduler, RNG and data order restored); "
                         "refused if the configuration or the data files differ from the run's")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in an --out that holds another run: its checkpoints and results are deleted "
+                        "(other files are kept); without it such a folder is refused")
     parser.add_argument("--allow-changed", type=lambda text: [k.strip() for k in text.split(",") if k.strip()], default=[],
                         metavar="KEY,...", help="with --resume: accept these changed config keys, e.g. train.epochs,train.max_steps "
                         "(the optimizer state is kept; the configured train.lr and schedule length apply)")

@@ -22,7 +22,20 @@ from kd.errors import run_cli, usage_errors
 from kd.eval.baseline import tfidf_baseline
 from kd.eval.report import format_table, write_json
 from kd.train.config import RunConfig, load_config
-from kd.train.runinfo import device_description
+from kd.train.checkpoint import STATE_DIR
+from kd.train.runinfo import device_description, resolved_config, resume_changes
+
+
+def recipe_flags(out_dir: Path, cfg: RunConfig, overwrite: bool) -> list[str] | None:
+    """How a second ``make demo`` treats the run already in ``out_dir``: ``None`` to
+    reuse a finished run of the same configuration, ``["--resume"]`` to continue an
+    interrupted one, ``["--overwrite"]`` when asked to; otherwise no flag, and the
+    recipe refuses a folder that holds another run, naming ``--overwrite``."""
+    if overwrite:
+        return ["--overwrite"]
+    if not (out_dir / "last" / STATE_DIR / "state.json").is_file() or resume_changes(out_dir, resolved_config(cfg), cfg.data):
+        return []
+    return None if (out_dir / "results.json").is_file() else ["--resume"]
 
 
 def main(argv=None) -> None:
@@ -30,6 +43,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="runs/teacher-minilm", help="run folder (default: runs/teacher-minilm, where the student preset looks for its teacher)")
     parser.add_argument("--config", default="teacher-minilm", help="preset to train (default: teacher-minilm)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as in train_teacher.py")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train again even if --out holds a run (its checkpoints and results are deleted)")
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -41,8 +56,12 @@ def main(argv=None) -> None:
         print(f"no ../shared/data or ./data: using the hub copy {HUB_DATASET}")
         overrides += [f"data.sources=[hf:{HUB_DATASET}]", "data.test_sets={}"]
         cfg = load_config(RunConfig, args.config, overrides)
-    # The recipe as the user runs it, in a process of its own; its results.json is the teacher's.
-    run_recipe("train_teacher", ["--config", args.config, *(f"--set={o}" for o in overrides)])
+    flags = recipe_flags(Path(cfg.out_dir), cfg, args.overwrite)
+    if flags is None:
+        print(f"{cfg.out_dir} holds a finished run of this configuration: showing its results (--overwrite trains again)")
+    else:
+        # The recipe as the user runs it, in a process of its own; its results.json is the teacher's.
+        run_recipe("train_teacher", ["--config", args.config, *(f"--set={o}" for o in overrides), *flags])
     teacher = json.loads((Path(cfg.out_dir) / "results.json").read_text())
     splits = build_splits(cfg.data)
     # results.json stores its keys sorted: list the sets in the splits' order, as training printed them.

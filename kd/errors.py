@@ -4,7 +4,10 @@ A mistake of the user (a bad option or config value, a missing or unusable
 input file or model folder, a busy or mismatched run folder) prints **one
 line** to stderr and exits with status 2, as argparse does for its own
 errors; ``--debug`` anywhere on the command line shows the traceback
-instead. Anything else is a bug and keeps its traceback (status 1). A recipe
+instead. A full, read-only or failing disk, or a missing permission (an
+``OSError`` with an errno in :data:`IO_FAULTS`, raised or behind what was
+raised) prints one line too and exits with status 1. Anything else is a bug
+and keeps its traceback (status 1). A recipe
 that a command runs as a process of its own (kd.demo, kd.ablation) and that
 fails is a :class:`RecipeFailed`: one line, and the recipe's own status.
 
@@ -20,6 +23,7 @@ What counts as the user's mistake, exactly:
 """
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +34,9 @@ from kd.data.sources import DataError
 from models.paths import ModelFolderError
 
 USAGE_STATUS = 2
+IO_STATUS = 1
+IO_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+"""Errnos of an I/O fault of the machine, not of the code: one line, status 1."""
 DEBUG_FLAG = "--debug"
 
 
@@ -71,13 +78,26 @@ def usage_errors() -> Iterator[None]:
         raise UsageError(str(err)) from err
 
 
+def io_fault(err: BaseException) -> OSError | None:
+    """The ``OSError`` with an errno in :data:`IO_FAULTS` that is ``err`` or caused it
+    (its ``__cause__`` / ``__context__`` chain), or ``None``."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in IO_FAULTS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Call ``main(argv)`` (``argv`` without ``--debug``) and return the exit status.
 
     A user error (:data:`USER_ERRORS`) prints ``PROG: error: MESSAGE`` on one
     line and returns 2, unless ``--debug`` was given: then it propagates with
     its traceback. :class:`RecipeFailed` prints one line and returns the
-    recipe's status. ``main`` returning an int returns it; anything else is 0.
+    recipe's status. An I/O fault (:func:`io_fault`) prints one line and returns 1.
+    ``main`` returning an int returns it; anything else is 0.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
@@ -94,4 +114,13 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     except RecipeFailed as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_status
+    except Exception as err:
+        fault = io_fault(err)
+        if fault is None or debug:
+            raise
+        where = f": {fault.filename}" if fault.filename else ""
+        print(f"{prog}: error: cannot write or read{where}: {fault.strerror or fault} "
+              f"(errno {errno.errorcode.get(fault.errno, fault.errno)}; rerun with {DEBUG_FLAG} for the traceback)",
+              file=sys.stderr)
+        return IO_STATUS
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

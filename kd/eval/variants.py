@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -31,9 +30,8 @@ def default_quantized_precisions(device: torch.device) -> list[str]:
 def save_variant(source: Path, precision: str, folder: Path, device: torch.device) -> int:
     """Load ``source`` in ``precision`` and save it to ``folder`` before any forward
     (bitsandbytes repacks 4-bit weights on the first CPU forward; see save_quantized).
-    Returns the bytes saved (weights, config, tokenizer)."""
-    if folder.exists():
-        shutil.rmtree(folder)
+    ``folder`` is new or empty: quantize.py writes it under a temporary name
+    (:func:`kd.outputs.publish_folder`). Returns the bytes saved (weights, config, tokenizer)."""
     model, tokenizer = load_classifier(source, precision, device)
     save_quantized(model, tokenizer, folder, precision)
     del model

@@ -29,33 +29,17 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from kd.errors import UsageError
 from kd.eval.report import write_json
+from kd.outputs import publish_folder
 
 STATE_DIR = "trainer_state"
 
 
 def write_checkpoint(root: Path, name: str, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_folder)`` and rename the folder to ``root/name``.
-
-    An existing folder of that name is replaced only after the new one is
-    complete.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / name
-    tmp = root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left over from a crash: never complete
-    tmp.mkdir()
-    write(tmp)
-    if final.exists():
-        old = root / f".{name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    return final
+    """Call ``write(tmp_folder)`` and rename the folder to ``root/name``
+    (:func:`kd.outputs.publish_folder`): an existing folder of that name is
+    replaced only after the new one is complete, and a failed write leaves no
+    temporary folder behind."""
+    return publish_folder(root / name, write)
 
 
 def point_link(link: Path, target: Path) -> None:

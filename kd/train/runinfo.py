@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import platform
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -140,7 +142,7 @@ def check_resume(out_dir: Path, current: dict, data_cfg, allowed: Sequence[str] 
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in refused.items())
         keys = ",".join(k.split("[")[0] for k in refused)
         raise UsageError(f"--resume: {out_dir} was started with another configuration ({listed}); resume with the "
-                         f"same settings, start a new --out, or accept the change with --allow-changed {keys}")
+                         f"same settings, start over with --overwrite, start a new --out, or accept the change with --allow-changed {keys}")
     return {k: v for k, v in changes.items() if is_allowed(k)}
 
 
@@ -152,16 +154,104 @@ def resolved_config(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+RUN_ENTRIES = frozenset({".lock", "config.yaml", "splits.csv", "data_report.json", "tb", "checkpoints", "best", "last",
+                         "train_history.json", "results.json", "roc.png", "demo_results.json"})
+"""What a training run (and kd.demo) writes at the top of its folder; ``--overwrite`` deletes these, nothing else."""
+
+
+def is_unfinished_run(out_dir: Path, current: dict) -> bool:
+    """Whether ``out_dir`` holds only a run's own files, no ``results.json`` (the
+    run never finished) and a ``config.yaml`` with the sections of ``current``
+    (the same recipe: a teacher's, an encoder student's and a QLoRA student's
+    configs differ in their top-level keys)."""
+    names = {p.name for p in out_dir.iterdir()}
+    if "results.json" in names or not names <= RUN_ENTRIES or not (out_dir / "config.yaml").is_file():
+        return False
+    try:
+        saved = yaml.safe_load((out_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and saved.keys() == current.keys()
+
+
+def check_new_run_folder(out_dir: Path, current: dict) -> bool:
+    """Refuse (:class:`UsageError`, naming ``--resume`` and ``--overwrite``) a new run in
+    ``out_dir`` that would destroy what it was not asked to: a finished run, another
+    recipe's run or the user's own files. A missing or empty folder (a leftover
+    ``.lock`` aside) passes (False), and so does an unfinished run of the same recipe
+    (:func:`is_unfinished_run`; True: the new run starts it over). Reads only."""
+    from kd.train.checkpoint import LOCK_FILE
+
+    names = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE) if out_dir.is_dir() else []
+    if not names:
+        return False
+    if is_unfinished_run(out_dir, current):
+        print(f"starting over in {out_dir}: its unfinished run is replaced (--resume would continue it)")
+        return True
+    if "results.json" in names:
+        what = "a finished run (results.json)"
+    else:
+        what = f"files that are no unfinished run of this recipe ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
+    raise UsageError(f"run folder {out_dir} holds {what}; continue that run with --resume, start over with --overwrite "
+                     "(deletes its checkpoints and results), or write to another --out")
+
+
+def clear_previous_run(out_dir: Path) -> None:
+    """Delete an earlier run's own files (:data:`RUN_ENTRIES`, the lock aside) from
+    ``out_dir``, for ``--overwrite``; any other file stays."""
+    from kd.train.checkpoint import LOCK_FILE
+
+    for path in out_dir.iterdir():
+        if path.name in RUN_ENTRIES and path.name != LOCK_FILE:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def remove_failed_run_folder(out_dir: Path) -> None:
+    """Delete ``out_dir``, a run folder created by a run that failed, unless it got as
+    far as a checkpoint (``last``, which ``--resume`` continues from)."""
+    if out_dir.is_dir() and not (out_dir / "last").is_symlink():
+        shutil.rmtree(out_dir)
+
+
 @contextmanager
-def claim_run_folder(out_dir: Path, *, resume: bool, allowed: Sequence[str], current: dict, data_cfg) -> Iterator[None]:
-    """Run the block as the only writer of ``out_dir`` (:func:`kd.train.checkpoint.run_folder_lock`),
-    and with ``resume`` only if the run continues as it started (:func:`check_resume`)."""
+def claim_run_folder(out_dir: Path, *, resume: bool, allowed: Sequence[str], current: dict, data_cfg,
+                     overwrite: bool = False, inputs: dict[str, str | Path | None] | None = None) -> Iterator[None]:
+    """Run the block as the only writer of ``out_dir`` (:func:`kd.train.checkpoint.run_folder_lock`).
+
+    ``out_dir`` must lie apart from every path in ``inputs`` (``{option: path}``,
+    :func:`kd.outputs.check_apart`). With ``resume`` the run must continue as it
+    started (:func:`check_resume`); without, the folder must be free for a new run
+    (:func:`check_new_run_folder`). With ``overwrite``, or over an unfinished run of
+    the recipe, the earlier run's files are deleted first (:func:`clear_previous_run`).
+    A folder this call created is removed again if the block fails before the run's
+    first checkpoint (:func:`remove_failed_run_folder`): a failed run leaves nothing
+    half-written.
+    """
+    from kd.outputs import check_apart
     from kd.train.checkpoint import run_folder_lock
 
+    out_dir = Path(out_dir)
     if allowed and not resume:
         raise UsageError("--allow-changed goes with --resume")
-    with run_folder_lock(out_dir):
-        if resume:
-            for key, (old, new) in check_resume(out_dir, current, data_cfg, allowed).items():
-                print(f"resuming {out_dir} with {key} changed: {old!r} -> {new!r} (--allow-changed)")
-        yield
+    if overwrite and resume:
+        raise UsageError("--overwrite starts the run over and --resume continues it: give one of them")
+    check_apart(out_dir, "--out", inputs or {})
+    is_main = int(os.environ.get("RANK", "0")) == 0  # the other torchrun ranks share rank 0's folder
+    # Before the lock: a refused run leaves the folder as it was.
+    start_over = overwrite or (is_main and not resume and check_new_run_folder(out_dir, current))
+    created = not out_dir.exists()
+    try:
+        with run_folder_lock(out_dir):
+            if resume:
+                for key, (old, new) in check_resume(out_dir, current, data_cfg, allowed).items():
+                    print(f"resuming {out_dir} with {key} changed: {old!r} -> {new!r} (--allow-changed)")
+            elif start_over and is_main:
+                clear_previous_run(out_dir)
+            yield
+    except BaseException:
+        if created and is_main:
+            remove_failed_run_folder(out_dir)
+        raise
