@@ -16,7 +16,6 @@ import train_student
 import train_teacher
 from kd.errors import UsageError, run_cli
 from kd.outputs import check_apart, publish_folder
-from kd.train.runinfo import check_new_run_folder, claim_run_folder, clear_previous_run
 
 
 def tree_hash(folder: Path) -> str:
@@ -122,6 +121,8 @@ def fake_run(folder: Path, config: dict, finished: bool) -> Path:
 
 
 def test_an_unfinished_run_of_the_same_recipe_is_started_over_and_another_recipes_is_not(tmp_path):
+    from kd.train.runinfo import check_new_run_folder
+
     teacher_cfg = {"model": {}, "data": {}, "train": {}, "out_dir": "x"}
     student_cfg = {**teacher_cfg, "teacher": "t", "student": {}, "distill": {}}
     run = fake_run(tmp_path / "run", teacher_cfg, finished=False)
@@ -135,6 +136,8 @@ def test_an_unfinished_run_of_the_same_recipe_is_started_over_and_another_recipe
 
 
 def test_overwrite_deletes_the_earlier_runs_files_only(tmp_path):
+    from kd.train.runinfo import claim_run_folder, clear_previous_run
+
     run = fake_run(tmp_path / "run", {"train": {}}, finished=True)
     (run / "notes.txt").write_text("keep me\n")
     with claim_run_folder(run, resume=False, allowed=(), current={"train": {}}, data_cfg=None, overwrite=True):
