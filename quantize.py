@@ -52,7 +52,7 @@ from kd.eval.variants import (
 )
 from kd.evaluate import add_data_arguments, data_config_for
 from kd.eval.report import write_json
-from kd.outputs import check_apart, publish_folder
+from kd.train.outputs import check_apart, publish_folder
 from kd.train.runinfo import device_description, library_versions
 from models.paths import resolve_model_path
 from models.quantized import QUANTIZED_PRECISIONS

@@ -27,6 +27,7 @@ from kd.eval.inference import scoring_model
 from kd.eval.report import format_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
 from kd.train.config import RunConfig, _build, load_config
+from kd.train.outputs import check_apart
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,12 +72,13 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     model_dir = Path(args.model)
+    out = Path(args.out) if args.out else model_dir.resolve().parent.parent / f"eval-{model_dir.name}"
+    check_apart(out, "--out", {"--model": model_dir})
     with usage_errors():
         data_cfg = data_config_for(model_dir, args)
     model, tokenizer = load_classifier(model_dir)
     _, scoring, _ = saved_scoring(model_dir, default_precision=saved_precision(model_dir))
     _, tokenized = prepare_data(data_cfg, tokenizer, args.max_length)
-    out = Path(args.out) if args.out else model_dir.resolve().parent.parent / f"eval-{model_dir.name}"
     out.mkdir(parents=True, exist_ok=True)
     result = final_evaluation(scoring_model(model), tokenized, args.batch_size, scoring, out)
     result["model"] = str(model_dir)

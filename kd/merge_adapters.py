@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from kd.errors import UsageError, run_cli
-from kd.outputs import check_apart, publish_folder
+from kd.train.outputs import check_apart, publish_folder
 from models.lora import ADAPTER_CONFIG, META_FILE, is_adapter_folder, merge_adapters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -15,7 +15,7 @@ import quantize
 import train_student
 import train_teacher
 from kd.errors import UsageError, run_cli
-from kd.outputs import check_apart, publish_folder
+from kd.train.outputs import check_apart, publish_folder
 
 
 def tree_hash(folder: Path) -> str:
@@ -53,6 +53,16 @@ def test_quantize_refuses_an_out_that_overlaps_a_source_and_leaves_it_intact(tmp
     before = tree_hash(tmp_path)
     status = run_cli(quantize.main, ["--student", str(student), "--teacher", str(teacher), "--out", str(out)],
                      prog="quantize.py")
+    assert status == 2 and "overlap" in one_error_line(capsys)
+    assert tree_hash(tmp_path) == before
+
+
+def test_evaluate_refuses_an_out_inside_its_model(tmp_path, capsys):
+    from kd import evaluate
+
+    model = save_tiny_classifier(tmp_path / "model")
+    before = tree_hash(tmp_path)
+    status = run_cli(evaluate.main, ["--model", str(model), "--out", str(model / "eval")], prog="python -m kd.evaluate")
     assert status == 2 and "overlap" in one_error_line(capsys)
     assert tree_hash(tmp_path) == before
 

@@ -31,7 +31,7 @@ def save_variant(source: Path, precision: str, folder: Path, device: torch.devic
     """Load ``source`` in ``precision`` and save it to ``folder`` before any forward
     (bitsandbytes repacks 4-bit weights on the first CPU forward; see save_quantized).
     ``folder`` is new or empty: quantize.py writes it under a temporary name
-    (:func:`kd.outputs.publish_folder`). Returns the bytes saved (weights, config, tokenizer)."""
+    (:func:`kd.train.outputs.publish_folder`). Returns the bytes saved (weights, config, tokenizer)."""
     model, tokenizer = load_classifier(source, precision, device)
     save_quantized(model, tokenizer, folder, precision)
     del model

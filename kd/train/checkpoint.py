@@ -29,14 +29,14 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from kd.errors import UsageError
 from kd.eval.report import write_json
-from kd.outputs import publish_folder
+from kd.train.outputs import publish_folder
 
 STATE_DIR = "trainer_state"
 
 
 def write_checkpoint(root: Path, name: str, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_folder)`` and rename the folder to ``root/name``
-    (:func:`kd.outputs.publish_folder`): an existing folder of that name is
+    (:func:`kd.train.outputs.publish_folder`): an existing folder of that name is
     replaced only after the new one is complete, and a failed write leaves no
     temporary folder behind."""
     return publish_folder(root / name, write)

@@ -222,7 +222,7 @@ def claim_run_folder(out_dir: Path, *, resume: bool, allowed: Sequence[str], cur
     """Run the block as the only writer of ``out_dir`` (:func:`kd.train.checkpoint.run_folder_lock`).
 
     ``out_dir`` must lie apart from every path in ``inputs`` (``{option: path}``,
-    :func:`kd.outputs.check_apart`). With ``resume`` the run must continue as it
+    :func:`kd.train.outputs.check_apart`). With ``resume`` the run must continue as it
     started (:func:`check_resume`); without, the folder must be free for a new run
     (:func:`check_new_run_folder`). With ``overwrite``, or over an unfinished run of
     the recipe, the earlier run's files are deleted first (:func:`clear_previous_run`).
@@ -230,7 +230,7 @@ def claim_run_folder(out_dir: Path, *, resume: bool, allowed: Sequence[str], cur
     first checkpoint (:func:`remove_failed_run_folder`): a failed run leaves nothing
     half-written.
     """
-    from kd.outputs import check_apart
+    from kd.train.outputs import check_apart
     from kd.train.checkpoint import run_folder_lock
 
     out_dir = Path(out_dir)
