@@ -63,3 +63,14 @@ def test_the_gpu_suite_is_bert_base_a_six_layer_student_and_a_360m_llama():
 def test_smoke_without_a_suite_is_a_usage_error():
     with pytest.raises(bench.UsageError, match="--suite"):
         bench.parse_args(["--smoke"])
+
+
+def test_prepare_pins_bitsandbytes_and_checks_the_carried_size():
+    """The device image needs the CUDA 13.0 library of bitsandbytes 0.50.2 (the release the CPU suite
+    passes with), and the device tool carries at most 64 MiB: ``prepare`` pins one and checks the other."""
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.sh").read_text()
+    prepare = script[script.index("prepare)"):script.index("run)")]
+    assert "bitsandbytes==0.50.2 " in prepare
+    assert "du -sk $ASSETS" in prepare and "-gt $((64 * 1024))" in prepare and "exit 1" in prepare
