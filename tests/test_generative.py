@@ -320,7 +320,7 @@ def test_materialize_packaged_gguf(tmp_path):
     import gguf
     from safetensors import safe_open
 
-    from models.gguf import SMOLLM_ALIAS
+    from models.gguf import HASH_MEMO, SMOLLM_ALIAS
     from models.paths import packaged_gguf
 
     try:
@@ -328,7 +328,7 @@ def test_materialize_packaged_gguf(tmp_path):
     except FileNotFoundError as err:
         pytest.skip(str(err))
     folder = materialize_gguf(path, tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [HASH_MEMO, folder.name]  # no temporary folder left
     assert materialize_gguf(path, tmp_path) == folder  # reused
     assert "quantization_config" not in (folder / "config.json").read_text()
     assert verbalizer_token_ids(load_causal_tokenizer(folder), DEFAULT_WORDS) == [14005, 28420]

@@ -23,7 +23,8 @@ import pytest
 
 from models import packaged, paths
 from models.packaged import MARKER, PackagedArtifactError, Part, SplitArtifact, locate_parts, materialize
-from models.gguf import resolve_causal_lm
+from models import gguf as gguf_module
+from models.gguf import materialize_gguf, resolve_causal_lm
 from models.paths import (
     MPNET_BASE,
     PACKAGED_GGUF,
@@ -117,7 +118,7 @@ def test_the_work_is_done_once_then_the_marker_is_read(tmp_path, monkeypatch):
     first = materialize(artifact, tmp_path / "cache", parts)
     for part in parts:  # the parts are not even looked at again
         part.unlink()
-    monkeypatch.setattr(packaged, "_sha256", lambda *a: pytest.fail("hashed again"))
+    monkeypatch.setattr(packaged, "sha256_with_progress", lambda *a: pytest.fail("hashed again"))
     assert materialize(artifact, tmp_path / "cache") == first
 
 
@@ -352,3 +353,43 @@ def test_unknown_packaged_names_list_the_encoders_and_the_causal_lms(tmp_path):
             resolve("packaged:qwen")
     with pytest.raises(ModelFolderError, match="is a causal LM .* not an encoder"):
         resolve_model_path("packaged:qwen2.5-coder-0.5b")
+
+
+def fake_dequantize(calls: list):
+    """A stand-in for ``models.gguf._dequantize_into`` that records its calls and writes the folder."""
+    def dequantize(gguf_path, target):
+        calls.append(gguf_path)
+        target.mkdir()
+    return dequantize
+
+
+def test_gguf_files_of_the_same_name_and_size_with_other_bytes_get_their_own_folders(tmp_path, monkeypatch):
+    """The dequantized folder is keyed by the file's SHA-256, not its name and size: a re-exported file
+    at the same path, or another one of the same name elsewhere, is dequantized again."""
+    calls = []
+    monkeypatch.setattr(gguf_module, "_dequantize_into", fake_dequantize(calls))
+    first, second = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for file, data in ((first, PAYLOAD), (second, PAYLOAD[::-1])):
+        file.parent.mkdir()
+        file.write_bytes(data)
+    folder = materialize_gguf(first, tmp_path / "cache")
+    assert folder.name == f"model-{sha(PAYLOAD)[:16]}"
+    assert materialize_gguf(second, tmp_path / "cache") != folder
+    mtime = first.stat().st_mtime_ns
+    first.write_bytes(PAYLOAD[::-1])  # re-exported in place: same path, same size
+    os.utime(first, ns=(mtime + 10**9, mtime + 10**9))
+    assert materialize_gguf(first, tmp_path / "cache") == materialize_gguf(second, tmp_path / "cache") != folder
+    assert calls == [first, second]
+
+
+def test_an_unchanged_gguf_file_is_not_hashed_again(tmp_path, monkeypatch):
+    """The hash is remembered under the file's path, size, mtime and inode: the second use reads none of it."""
+    calls = []
+    monkeypatch.setattr(gguf_module, "_dequantize_into", fake_dequantize(calls))
+    file = tmp_path / "model.gguf"
+    file.write_bytes(PAYLOAD)
+    folder = materialize_gguf(file, tmp_path / "cache")
+    memo = json.loads((tmp_path / "cache" / gguf_module.HASH_MEMO).read_text())
+    assert memo[str(file)]["sha256"] == sha(PAYLOAD)
+    monkeypatch.setattr(gguf_module, "sha256_with_progress", lambda *a: pytest.fail("hashed again"))
+    assert materialize_gguf(file, tmp_path / "cache") == folder and calls == [file]
