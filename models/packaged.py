@@ -13,11 +13,12 @@ if one file in it has a known SHA-256 (the upstream one):
 with a marker (``.verified``: the file, its size, mtime and hash) written last;
 every later call finds the marker and returns at once. Callers in several
 processes (torchrun ranks, ``kd.ablation --shard`` workers) take turns on a
-lock of the cache folder: the first joins and verifies, the others wait
-and read its folder; a folder with a valid marker is never deleted. Nothing is downloaded:
-the parts are located among the installed distributions
-(``importlib.metadata``), and a missing one is an error that names the
-``pip install`` command.
+lock of the cache folder: the first joins and verifies, the others wait and
+read its folder; a folder with a valid marker is never deleted. The lock,
+not a barrier, orders torchrun ranks, because the recipes resolve their
+models before the process group exists. Nothing is downloaded: the parts are
+located among the installed distributions (``importlib.metadata``), and a
+missing one is an error that names the ``pip install`` command.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def materialize(artifact: SplitArtifact, cache_dir: str | Path, parts: Sequence[
         return target / artifact.file
     target.parent.mkdir(parents=True, exist_ok=True)
     with cache_lock(target.parent):
-        if _has_marker(target, artifact) or _reverified(target, artifact):  # another caller finished first
+        if _has_marker(target, artifact) or _reverified(target, artifact):  # done meanwhile, or only touched
             return target / artifact.file
         files = [Path(p) for p in parts] if parts is not None else locate_parts(artifact)
         for index, file in enumerate(files, 1):
