@@ -49,9 +49,10 @@ def test_the_gpu_suite_is_bert_base_a_six_layer_student_and_a_360m_llama():
     from models.gguf import resolve_causal_lm
 
     suite = bench.SUITES["gpu"]
+    causal_folder = resolve_causal_lm(suite["causal_model"])  # dequantized on a cold cache: not on meta
     with torch.device("meta"):
         teacher = build_classifier("packaged:minilm", pretrained=False, shape=suite["teacher_shape"])
-        config = AutoConfig.from_pretrained(resolve_causal_lm(suite["causal_model"]))
+        config = AutoConfig.from_pretrained(causal_folder)
         config.update(suite["qlora_shape"])
         llama = AutoModelForCausalLM.from_config(config)
     assert 109e6 < sum(p.numel() for p in teacher.parameters()) < 110e6  # bert-base-uncased: 109.5 M
