@@ -393,3 +393,42 @@ def test_an_unchanged_gguf_file_is_not_hashed_again(tmp_path, monkeypatch):
     assert memo[str(file)]["sha256"] == sha(PAYLOAD)
     monkeypatch.setattr(gguf_module, "sha256_with_progress", lambda *a: pytest.fail("hashed again"))
     assert materialize_gguf(file, tmp_path / "cache") == folder and calls == [file]
+
+
+def _materialize_with_a_slow_logged_join(artifact, cache, parts, log: Path, start) -> None:
+    """A worker process: wait for ``start``, then materialize with a join that logs itself and dawdles."""
+    import time
+
+    join = packaged._join
+
+    def slow_join(*args):
+        with open(log, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        time.sleep(0.3)  # long enough for the other worker to arrive while this one joins
+        join(*args)
+
+    packaged._join = slow_join
+    start.wait()
+    materialize(artifact, cache, parts)
+
+
+def test_two_worker_processes_join_once(tmp_path):
+    """``kd.ablation --shard`` workers are processes, not a process group: the cache lock alone makes one of
+    two simultaneous workers join while the other waits and reads its folder."""
+    import multiprocessing
+
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    workers = [context.Process(target=_materialize_with_a_slow_logged_join,
+                               args=(artifact, tmp_path / "cache", parts, tmp_path / "joins.log", start))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert len((tmp_path / "joins.log").read_text().split()) == 1
+    assert (tmp_path / "cache" / "tiny" / "model.gguf").read_bytes() == PAYLOAD
