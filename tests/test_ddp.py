@@ -252,12 +252,26 @@ def test_rank_rng_states_restore_only_for_the_world_size_that_saved_them(tmp_pat
     assert torch.equal(torch.get_rng_state(), saved["cpu.rank1"])
 
 
-def test_a_single_process_restores_the_device_states_in_device_order_without_the_rank_states():
-    """A torchrun checkpoint also holds ``cuda.rank{r}``; those are not devices of this process."""
-    from kd.train.checkpoint import device_rng_states
+def test_a_single_process_restores_only_its_training_devices_rng_state(tmp_path, monkeypatch):
+    """A run saved with 2 visible GPUs (and by torchrun ranks) resumes in a process with one:
+    only the training device's state is set, never a device that may not exist ("invalid device ordinal")."""
+    from kd.train.checkpoint import restore_rng
 
-    rng = {key: torch.tensor([i]) for i, key in enumerate(["cpu", "cuda.rank0", "cuda.rank1", "cuda10", "cuda2", "cuda0", "cuda1"])}
-    assert [int(t) for t in device_rng_states(rng)] == [5, 6, 4, 3]
+    saved = {key: torch.tensor([i], dtype=torch.uint8)
+             for i, key in enumerate(["cpu.rank0", "cuda.rank0", "cuda.rank1", "cuda0", "cuda1"])}
+    saved["cpu"] = torch.manual_seed(3).get_state()
+    save_file(saved, str(tmp_path / "rng.safetensors"))
+    device_calls, all_calls = [], []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: device_calls.append((int(state), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: all_calls.append(states))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    torch.manual_seed(7)
+    assert restore_rng(tmp_path, torch.device("cuda", 0))
+    assert device_calls == [(3, torch.device("cuda", 0))] and all_calls == []
+    assert torch.equal(torch.get_rng_state(), saved["cpu"])
+    device_calls.clear()
+    assert restore_rng(tmp_path, torch.device("cpu"))  # a CPU run sets no CUDA state
+    assert device_calls == [] and all_calls == []
 
 
 def test_global_batch_must_split_over_ranks_and_micro_batches(tmp_path):
