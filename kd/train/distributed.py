@@ -91,6 +91,18 @@ def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
         param.grad.copy_(piece.view_as(param))
 
 
+def broadcast_from_main(value: float, info: DistInfo, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (itself in a single process): for what rank 0
+    alone decides, so that every rank acts alike (e.g. the validation metric that picks
+    the best checkpoint and stops early). A collective: every rank calls it. Sent as a
+    float64 tensor on ``device``: NCCL serves CUDA tensors only."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor(value, dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return tensor.item()
+
+
 def broadcast_parameters(modules: list[torch.nn.Module], info: DistInfo) -> None:
     """Copy rank 0's parameters and buffers of ``modules`` to every rank (what
     DDP does for the model it wraps when it is built). Identity in a single process."""

@@ -16,9 +16,11 @@ One optimizer step, top to bottom (:func:`train`):
    model (``extra_modules``, e.g. hidden-state projections) are not wrapped
    in DDP, so their gradients are averaged over ranks explicitly, the same way;
 4. unscale (fp16), clip the gradient norm, optimizer and scheduler step;
-5. every ``eval_every`` steps and at each epoch end: evaluate, keep the best
-   checkpoint by the chosen validation metric, stop early after ``patience``
-   evaluations without improvement, and write ``last`` for ``--resume``.
+5. every ``eval_every`` steps and at each epoch end: evaluate (on rank 0, whose
+   metric every rank takes, so all ranks pick the same best step and stop at the
+   same step), keep the best checkpoint by the chosen validation metric, stop
+   early after ``patience`` evaluations without improvement, and write ``last``
+   for ``--resume``.
 
 Throughput is counted over steps 1-4 only (evaluation and checkpoints left
 out): examples and real (unpadded) input tokens of all ranks per second, and
@@ -50,7 +52,15 @@ from kd.train.checkpoint import (
 )
 from kd.eval.measure import process_peak_memory_mib
 from kd.eval.report import write_json
-from kd.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters, gather_rng_states
+from kd.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    average_gradients,
+    barrier,
+    broadcast_from_main,
+    broadcast_parameters,
+    gather_rng_states,
+)
 from kd.eval.metrics import SELECTION_METRICS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -361,14 +371,22 @@ def train(
         barrier(dist_info)
 
     def run_evaluation() -> bool:
-        """Evaluate, update best / early stopping, checkpoint; True to stop early."""
-        raw_model.eval()
-        metrics = evaluate(raw_model)
-        raw_model.train()
-        if cfg.metric not in metrics:
-            raise KeyError(f"train.metric {cfg.metric!r} is not among the validation metrics {sorted(metrics)}")
-        value = float(metrics[cfg.metric])
-        state["history"].append({"step": state["step"], "epoch": state["epoch"], **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        """Evaluate, update best / early stopping, checkpoint; True to stop early.
+
+        Rank 0 evaluates and every rank takes its metric: ranks that scored for
+        themselves could differ (mixed GPUs, non-deterministic kernels), and one
+        that stopped alone would leave the others waiting in a collective. The
+        history of the other ranks holds the selection metric only."""
+        metrics = {}
+        if dist_info.is_main:
+            raw_model.eval()
+            metrics = evaluate(raw_model)
+            raw_model.train()
+            if cfg.metric not in metrics:
+                raise KeyError(f"train.metric {cfg.metric!r} is not among the validation metrics {sorted(metrics)}")
+        value = broadcast_from_main(float(metrics.get(cfg.metric, math.nan)), dist_info, device)
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        state["history"].append({"step": state["step"], "epoch": state["epoch"], **numbers, cfg.metric: value})
         improved = value > state["best_metric"]
         if improved:
             state["best_metric"], state["best_step"], state["evals_since_best"] = value, state["step"], 0
