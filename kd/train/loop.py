@@ -24,7 +24,9 @@ One optimizer step, top to bottom (:func:`train`):
 
 Throughput is counted over steps 1-4 only (evaluation and checkpoints left
 out): examples and real (unpadded) input tokens of all ranks per second, and
-the process's peak memory at the end (:attr:`TrainResult.throughput`).
+the process's peak memory at the end (:attr:`TrainResult.throughput`). The
+clock runs over each stretch of steps between evaluations and is read once
+the device has finished their queued kernels.
 
 The teacher is the case "loss_fn = cross-entropy"; a student's loss_fn runs the
 frozen teacher (or reads its cached logits) inside.
@@ -50,7 +52,7 @@ from kd.train.checkpoint import (
     save_trainer_state,
     write_checkpoint,
 )
-from kd.eval.measure import process_peak_memory_mib
+from kd.eval.measure import process_peak_memory_mib, synchronize
 from kd.eval.report import write_json
 from kd.train.distributed import (
     DistInfo,
@@ -242,10 +244,18 @@ def forward_backward(
     return all_reduce_sum(total, dist_info) / dist_info.world_size
 
 
-def log_window(writer, progress, window: dict, loss, grad_norm, scheduler, step: int) -> dict:
+def seconds_since(began: float, device: torch.device) -> float:
+    """Seconds from ``began`` (a ``time.perf_counter()`` reading) until the work queued on
+    ``device`` meanwhile is done: CUDA runs kernels after the host queued them, so the
+    clock is read after :func:`kd.eval.measure.synchronize`."""
+    synchronize(device)
+    return time.perf_counter() - began
+
+
+def log_window(writer, progress, window: dict, loss, grad_norm, scheduler, step: int, device: torch.device) -> dict:
     """Log the scalars of the steps since the last log (``window`` counts all ranks'
     examples and tokens); return a fresh window."""
-    elapsed = time.perf_counter() - window["time"]
+    elapsed = seconds_since(window["time"], device)
     rate = window["examples"] / elapsed
     logged = {
         "train/loss": loss.item(),
@@ -410,6 +420,7 @@ def train(
     finished = state["step"] >= total_steps
     window = {"time": time.perf_counter(), "examples": 0, "tokens": 0, "padded": 0}
     totals = {"examples": 0, "tokens": 0, "seconds": 0.0}
+    timed_since = None  # the clock at the first step since the last evaluation
     while not finished:
         batches = epoch_batches(state["epoch"])
         if dist_info.is_main and state["step"] == 0:
@@ -417,7 +428,8 @@ def train(
             print(f"train: {len(train_set)} examples, {steps_per_epoch} steps/epoch x {cfg.epochs}, "
                   f"padding {padding_fraction(train_set.lengths, micro_batches):.1%} of tokens")
         while True:
-            step_began = time.perf_counter()
+            if timed_since is None:
+                timed_since = time.perf_counter()
             batch = batches[state["batch_in_epoch"]]
             everyone = split_batch(batch, dist_info.world_size, cfg.grad_accum)
             group = everyone[dist_info.rank * cfg.grad_accum : (dist_info.rank + 1) * cfg.grad_accum]
@@ -444,17 +456,23 @@ def train(
             totals["tokens"] += real
             progress.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
-                # The only host synchronisation: once per log_every steps.
-                window = log_window(writer, progress, window, loss, grad_norm, scheduler, state["step"])
-            totals["seconds"] += time.perf_counter() - step_began
+                # Host synchronisations: once per log_every steps, and before each evaluation.
+                window = log_window(writer, progress, window, loss, grad_norm, scheduler, state["step"], device)
             epoch_done = state["batch_in_epoch"] >= len(batches)
             if epoch_done:
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
             last_step = state["step"] >= total_steps
-            if on_step is not None and on_step(state["step"]) is True:
+            stopped_by_caller = on_step is not None and on_step(state["step"]) is True
+            evaluating = not stopped_by_caller and (
+                epoch_done or last_step or bool(cfg.eval_every and state["step"] % cfg.eval_every == 0))
+            if stopped_by_caller or evaluating:
+                # The timed steps end here: their kernels still queued would be charged to evaluation.
+                totals["seconds"] += seconds_since(timed_since, device)
+                timed_since = None
+            if stopped_by_caller:
                 finished = True  # the caller stops the run here: no evaluation, no checkpoint
                 break
-            if epoch_done or last_step or (cfg.eval_every and state["step"] % cfg.eval_every == 0):
+            if evaluating:
                 stopped_early = run_evaluation()
             if stopped_early or last_step:
                 finished = True
