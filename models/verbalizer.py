@@ -12,8 +12,12 @@ position (``answer_token_logits``) and along a whole sequence
 (``sequence_logits``) serve token-level KL against a generative teacher with
 the same tokenizer (``check_same_vocabulary``).
 
-Batches are right-padded; every forward passes position ids counted over real
-tokens only, so a row gives the same logits whatever its padding.
+Batches are right-padded, on-policy samples left-padded; every forward passes
+position ids counted over real tokens only, so a row gives the same logits
+whatever its padding. RoPE models (Llama, Qwen2, Mistral) would not need them
+(a left-padded row's positions shift uniformly, and attention sees relative
+positions only); models with absolute position embeddings (GPT-2) do
+(``tests/test_generative.py::test_position_ids_make_left_padding_invisible_to_absolute_position_models``).
 """
 from __future__ import annotations
 
