@@ -36,6 +36,7 @@ from torch.ao.quantization import quantize_dynamic
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from models.device import resolve_device
+from models.encoder import phishing_index
 from models.lora import META_FILE as GENERATIVE_META
 from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, resolve_model_path
 
@@ -202,7 +203,9 @@ def load_classifier(
             f"(precision=None or {saved!r}), not as {precision}: quantize the fp32 checkpoint instead"
         )
     tokenizer = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
-    check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, **NO_REMOTE_CODE), path)
+    config = AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
+    check_tokenizer(tokenizer, config, path)
+    phishing_index(config, path)  # labels the scores cannot be read by: refuse before the weights load
     if precision in BNB_PRECISIONS:
         model = _load_bnb(path, precision, device, pre_quantized=saved == precision)
     else:

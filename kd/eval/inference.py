@@ -13,6 +13,7 @@ from kd.data.batching import TokenizedSet, collate, eval_batches, tokenize
 from kd.data.prompts import PromptFormat, tokenize_prompts
 from kd.data.splits import Examples
 from kd.data.urls import normalize_url
+from models.encoder import phishing_index
 from models.verbalizer import VerbalizerClassifier
 
 
@@ -115,15 +116,22 @@ def predict_logits(
     return predict_tokenized(model, data, batch_size=batch_size, device=device, autocast_dtype=autocast_dtype, progress=progress)
 
 
-def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Probability of the positive class (label 1, phishing) from ``(N, C)`` logits,
-    as the ``(N,)`` numpy array that the metrics (scikit-learn) and the CSV writers read."""
-    return torch.softmax(logits.float(), dim=-1)[:, 1].numpy()
+def probabilities(logits: torch.Tensor, phishing_column: int) -> np.ndarray:
+    """Probability of phishing, ``softmax(logits)[:, phishing_column]``, from ``(N, C)``
+    logits, as the ``(N,)`` numpy array that the metrics (scikit-learn) and the CSV
+    writers read; ``phishing_column`` is the model's :func:`phishing_column`."""
+    return torch.softmax(logits.float(), dim=-1)[:, phishing_column].numpy()
+
+
+def phishing_column(model: torch.nn.Module) -> int:
+    """The logit column of the phishing class of ``model``, from its ``config.id2label``
+    (:func:`models.encoder.phishing_index`)."""
+    return phishing_index(model.config)
 
 
 def predict_proba(model, tokenizer, texts: Sequence[str], **kwargs) -> np.ndarray:
     """Probability of phishing per text, ``(N,)``; keyword arguments as :func:`predict_logits`."""
-    return probabilities(predict_logits(model, tokenizer, texts, **kwargs))
+    return probabilities(predict_logits(model, tokenizer, texts, **kwargs), phishing_column(model))
 
 
 def class_probabilities(

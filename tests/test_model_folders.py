@@ -1,0 +1,83 @@
+"""Model folders that are what they claim: the label order in config.json, the
+tokenizer the weights were saved with, and one-line refusals of folders and
+options the model cannot serve (issues 22 and 23)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import save_tiny_classifier
+
+from kd.errors import run_cli
+from kd.eval.inference import predict_proba
+from models.encoder import load_frozen_classifier, phishing_index
+from models.paths import ModelFolderError
+from models.quantized import load_classifier
+
+URLS = ["https://www.paypal.com.verify-account.xyz/login/", "example.org", "github.com/pytorch/pytorch/issues/1"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_classifier(tmp_path_factory.mktemp("folders") / "model")
+
+
+def copy_with_config(model_dir, folder, **changes):
+    """A copy of ``model_dir`` in ``folder`` whose config.json has ``changes``."""
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def with_labels(model_dir, folder, names):
+    return copy_with_config(model_dir, folder, id2label={str(i): n for i, n in enumerate(names)},
+                            label2id={n: i for i, n in enumerate(names)})
+
+
+def test_scores_follow_the_label_order_of_the_config(model_dir, tmp_path):
+    inverted = with_labels(model_dir, tmp_path / "inverted", ["phishing", "legitimate"])
+    expected = predict_proba(*load_classifier(model_dir), URLS)
+    np.testing.assert_allclose(predict_proba(*load_classifier(inverted), URLS), 1 - expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("names, index", [
+    (["LABEL_0", "LABEL_1"], 1), (["legitimate", "phishing"], 1), (["Benign", "Malicious"], 1),
+    (["bad", "good"], 0), (["1", "0"], 0), (["phishing", "legitimate"], 0),
+    (["cat", "dog"], None), (["phishing", "phishing"], None), (["LABEL_0", "phishing"], 1),
+])
+def test_phishing_index(names, index):
+    from transformers import BertConfig
+
+    config = BertConfig(id2label=dict(enumerate(names)))
+    if index is None:
+        with pytest.raises(ModelFolderError, match="id2label"):
+            phishing_index(config)
+    else:
+        assert phishing_index(config) == index
+
+
+def test_labels_that_do_not_say_which_is_phishing_are_refused(model_dir, tmp_path, capsys):
+    from kd.predict import main
+
+    folder = with_labels(model_dir, tmp_path / "pets", ["cat", "dog"])
+    assert run_cli(main, ["--model", str(folder), URLS[0]], prog="predict") == 2
+    err = capsys.readouterr().err
+    assert "id2label" in err and "cat" in err and err.count("\n") == 1
+
+
+def test_a_model_with_three_labels_is_refused(model_dir, tmp_path, capsys):
+    from kd.predict import main
+
+    folder = with_labels(model_dir, tmp_path / "three", ["legitimate", "phishing", "spam"])
+    assert run_cli(main, ["--model", str(folder), URLS[0]], prog="predict") == 2
+    err = capsys.readouterr().err
+    assert "3 labels" in err and err.count("\n") == 1
+
+
+def test_a_teacher_with_another_label_order_is_refused(model_dir, tmp_path):
+    inverted = with_labels(model_dir, tmp_path / "inverted", ["phishing", "legitimate"])
+    with pytest.raises(ModelFolderError, match="column 0"):
+        load_frozen_classifier(inverted)
+    load_frozen_classifier(model_dir)
