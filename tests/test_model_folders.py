@@ -81,3 +81,31 @@ def test_a_teacher_with_another_label_order_is_refused(model_dir, tmp_path):
     with pytest.raises(ModelFolderError, match="column 0"):
         load_frozen_classifier(inverted)
     load_frozen_classifier(model_dir)
+
+
+def save_bin_classifier(folder, seed):
+    """:func:`save_tiny_classifier` with its weights as ``pytorch_model.bin`` only, as older
+    transformers saved them (transformers 5 writes safetensors only)."""
+    import torch
+    from safetensors.torch import load_file
+
+    save_tiny_classifier(folder, seed=seed)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_the_teacher_cache_tells_apart_teachers_that_differ_in_weights_config_or_tokenizer(model_dir, tmp_path):
+    from kd.train.teacher_cache import model_fingerprint
+
+    first, second = (save_bin_classifier(tmp_path / f"bin-{seed}", seed) for seed in (0, 1))
+    assert not list(first.glob("*.safetensors")) and (first / "pytorch_model.bin").is_file()
+    inverted = with_labels(model_dir, tmp_path / "inverted", ["phishing", "legitimate"])
+    other_vocab = tmp_path / "other-vocab"
+    shutil.copytree(model_dir, other_vocab)
+    vocab = json.loads((other_vocab / "tokenizer.json").read_text())
+    vocab["model"]["vocab"] = {token: len(vocab["model"]["vocab"]) - 1 - i for token, i in vocab["model"]["vocab"].items()}
+    (other_vocab / "tokenizer.json").write_text(json.dumps(vocab))
+    prints = [model_fingerprint(folder, 64) for folder in (first, second, model_dir, inverted, other_vocab)]
+    assert len(set(prints)) == len(prints)
+    assert model_fingerprint(first, 64) == model_fingerprint(first, 64) != model_fingerprint(first, 128)
