@@ -38,7 +38,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from models.device import resolve_device
 from models.encoder import phishing_index
 from models.lora import META_FILE as GENERATIVE_META
-from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, resolve_model_path
+from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, record_tokenizer, resolve_model_path
 
 Precision = Literal["fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -249,6 +249,7 @@ def save_quantized(model, tokenizer, out_dir: str | Path, precision: Precision |
             "weights in a form that does not save back faithfully; quantize again with "
             "load_classifier(fp32_folder, precision) and save before the first forward"
         )
+    record_tokenizer(model, tokenizer)
     if actual == "dynamic-int8":
         if not model.name_or_path:
             raise ValueError(

@@ -109,3 +109,75 @@ def test_the_teacher_cache_tells_apart_teachers_that_differ_in_weights_config_or
     prints = [model_fingerprint(folder, 64) for folder in (first, second, model_dir, inverted, other_vocab)]
     assert len(set(prints)) == len(prints)
     assert model_fingerprint(first, 64) == model_fingerprint(first, 64) != model_fingerprint(first, 128)
+
+
+def permute_vocabulary(folder):
+    """Reverse the ids of ``folder``'s tokenizer.json vocabulary: same size, another tokenizer."""
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    size = len(spec["model"]["vocab"])
+    spec["model"]["vocab"] = {token: size - 1 - i for token, i in spec["model"]["vocab"].items()}
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(model_dir, tmp_path_factory):
+    """``model_dir`` saved as training saves its checkpoints (kd.train.run.make_saver)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from models.encoder import load_tokenizer
+    from kd.train.run import make_saver
+
+    folder = tmp_path_factory.mktemp("checkpoint") / "best"
+    make_saver(load_tokenizer(str(model_dir)), {})(AutoModelForSequenceClassification.from_pretrained(model_dir), folder)
+    return folder
+
+
+def recorded_fingerprint(folder):
+    return json.loads((folder / "config.json").read_text()).get("tokenizer_fingerprint")
+
+
+def test_a_same_size_tokenizer_from_another_model_is_refused(checkpoint_dir, tmp_path, capsys):
+    from kd.predict import main
+
+    load_classifier(checkpoint_dir)
+    folder = tmp_path / "permuted"
+    shutil.copytree(checkpoint_dir, folder)
+    permute_vocabulary(folder)
+    with pytest.raises(ModelFolderError, match="not the one its weights were saved with"):
+        load_classifier(folder)
+    with pytest.raises(ModelFolderError, match="not the one its weights were saved with"):
+        load_frozen_classifier(folder)
+    assert run_cli(main, ["--model", str(folder), URLS[0]], prog="predict") == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_every_save_path_records_the_tokenizer_it_saves(checkpoint_dir, tmp_path):
+    from models.paths import tokenizer_fingerprint
+    from models.quantized import save_quantized
+    from models.vocabulary import prune_vocabulary, token_ids_in
+
+    model, tokenizer = load_classifier(checkpoint_dir)
+    expected = tokenizer_fingerprint(tokenizer)
+    assert recorded_fingerprint(checkpoint_dir) == expected
+    for precision in ("fp32", "nf4", "dynamic-int8"):
+        variant = save_quantized(*load_classifier(checkpoint_dir, precision), tmp_path / precision)
+        assert recorded_fingerprint(variant) == expected, precision
+        load_classifier(variant)
+    pruned, pruned_tokenizer = prune_vocabulary(model, tokenizer, token_ids_in(URLS, tokenizer), tmp_path / "pruned")
+    assert recorded_fingerprint(tmp_path / "pruned") == tokenizer_fingerprint(pruned_tokenizer) != expected
+    load_classifier(tmp_path / "pruned")
+
+
+def test_the_fingerprint_is_the_same_for_the_same_tokenizer_saved_twice(checkpoint_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from models.paths import tokenizer_fingerprint
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    tokenizer.save_pretrained(tmp_path / "again")
+    assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(tmp_path / "again")) == tokenizer_fingerprint(tokenizer)
+
+
+def test_a_folder_without_a_recorded_fingerprint_still_loads(model_dir):
+    assert recorded_fingerprint(model_dir) is None
+    load_classifier(model_dir)
