@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, resolve_model_path
+from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, check_weights, resolve_model_path
 
 LABEL_NAMES = ("legitimate", "phishing")
 """The classes every classifier here predicts: 0 legitimate, 1 phishing."""
@@ -92,6 +92,7 @@ def load_frozen_classifier(path: str | Path, device: torch.device | str = "cpu")
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
+    check_weights(folder)
     load_tokenizer(str(folder))
     config = AutoConfig.from_pretrained(folder, **NO_REMOTE_CODE)
     if phishing_index(config, folder) != LABEL_NAMES.index("phishing"):

@@ -215,6 +215,41 @@ def check_model_folder(folder: str | Path) -> None:
             )
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+"""Weight files that ``torch.load`` reads: pickles, which can run code when loaded."""
+
+
+def check_weights(folder: str | Path) -> None:
+    """Refuse a model folder whose weights cannot be read safely, before transformers
+    opens them: weights only as pickles (:data:`PICKLED_WEIGHTS`, e.g. an older
+    ``pytorch_model.bin``: this project reads safetensors only, which cannot run
+    code), no weights at all, or a ``*.safetensors`` that is not a regular file
+    (a link to a device or FIFO) or whose header does not describe the file
+    (truncated, corrupt, or another file such as a link to /etc/passwd)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern))
+        if pickled:
+            raise ModelFolderError(
+                f"{folder} has its weights only as {', '.join(pickled)}: this project loads safetensors only, since "
+                "a pickled weight file can run code when it is loaded; convert it once where you trust it "
+                "(load it and save_pretrained it: transformers writes model.safetensors)"
+            )
+        raise ModelFolderError(f"{folder} has no model.safetensors: it holds no model weights")
+    for file in weights:
+        if not file.is_file():
+            raise ModelFolderError(f"{file} is not a regular file: it cannot be model weights")
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ModelFolderError(f"{file} is not a readable safetensors file ({err}): it is truncated, corrupt "
+                                   "or not model weights; save or copy the model again") from None
+
+
 TOKENIZER_FINGERPRINT = "tokenizer_fingerprint"
 """The ``config.json`` field where a saved folder records :func:`tokenizer_fingerprint`
 of the tokenizer its weights were trained with."""

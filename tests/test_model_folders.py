@@ -181,3 +181,69 @@ def test_the_fingerprint_is_the_same_for_the_same_tokenizer_saved_twice(checkpoi
 def test_a_folder_without_a_recorded_fingerprint_still_loads(model_dir):
     assert recorded_fingerprint(model_dir) is None
     load_classifier(model_dir)
+
+
+def refusal(main, argv, capsys) -> str:
+    """The one stderr line of ``main(argv)`` run as a command, which must exit 2."""
+    assert run_cli(main, argv, prog="cmd") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cmd: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_max_length_beyond_the_position_table_is_refused_up_front(model_dir, tmp_path, capsys):
+    import quantize
+    from conftest import make_url_rows, write_csv
+    from kd.evaluate import main as evaluate
+    from kd.predict import main as predict
+
+    data = write_csv(tmp_path / "urls.csv", make_url_rows(60))
+    data_args = ["--set", f"data.sources=[{data}]", "--set", "data.split=random"]
+    for main, argv in [(predict, ["--model", str(model_dir), URLS[0]]),
+                       (evaluate, ["--model", str(model_dir), *data_args, "--out", str(tmp_path / "eval")]),
+                       (quantize.main, ["--student", str(model_dir), *data_args, "--out", str(tmp_path / "quantized")])]:
+        assert "position table holds 160 tokens" in refusal(main, [*argv, "--max-length", "161"], capsys)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "quantized").exists()
+
+
+@pytest.fixture(scope="module")
+def nf4_dir(checkpoint_dir, tmp_path_factory):
+    from models.quantized import save_quantized
+
+    return save_quantized(*load_classifier(checkpoint_dir, "nf4"), tmp_path_factory.mktemp("nf4") / "nf4")
+
+
+def with_weights(model_dir, folder, write):
+    """A copy of ``model_dir`` whose model.safetensors is replaced by ``write(path, original_bytes)``."""
+    shutil.copytree(model_dir, folder)
+    weights = folder / "model.safetensors"
+    original = weights.read_bytes()
+    weights.unlink()
+    write(weights, original)
+    return folder
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path, data: path.write_bytes(data[: len(data) // 2]), "not a readable safetensors file"),
+    (lambda path, data: path.write_bytes(b"\x00" * 64), "not a readable safetensors file"),
+    (lambda path, data: path.symlink_to("/etc/passwd"), "not a readable safetensors file"),
+    (lambda path, data: path.symlink_to("/dev/zero"), "not a regular file"),
+    (lambda path, data: (path.parent / "pytorch_model.bin").write_bytes(b"pickle"), "safetensors only"),
+])
+def test_weights_that_cannot_be_read_safely_are_refused_in_one_line(model_dir, tmp_path, capsys, damage, message):
+    from kd.predict import main
+
+    folder = with_weights(model_dir, tmp_path / "damaged", damage)
+    assert message in refusal(main, ["--model", str(folder), URLS[0]], capsys)
+    with pytest.raises(ModelFolderError, match=message):
+        load_frozen_classifier(folder)
+
+
+def test_a_quantized_folder_with_altered_skip_modules_is_refused(nf4_dir, tmp_path, capsys):
+    from kd.predict import main
+
+    load_classifier(nf4_dir)
+    config = json.loads((nf4_dir / "config.json").read_text())
+    config["quantization_config"]["llm_int8_skip_modules"] = ["pooler.dense"]
+    folder = copy_with_config(nf4_dir, tmp_path / "altered", quantization_config=config["quantization_config"])
+    assert "llm_int8_skip_modules" in refusal(main, ["--model", str(folder), URLS[0]], capsys)
