@@ -23,7 +23,7 @@ from kd.data.batching import prepare_data
 from kd.data.sources import SourceSpec
 from kd.data.splits import DataConfig
 from kd.errors import UsageError, run_cli, usage_errors
-from kd.eval.inference import scoring_model
+from kd.eval.inference import check_max_length, scoring_model
 from kd.eval.report import format_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
 from kd.train.config import RunConfig, _build, load_config
@@ -73,6 +73,7 @@ def main(argv=None) -> dict:
     model_dir = Path(args.model)
     with usage_errors():
         data_cfg = data_config_for(model_dir, args)
+    check_max_length(model_dir, args.max_length)
     model, tokenizer = load_classifier(model_dir)
     _, scoring, _ = saved_scoring(model_dir, default_precision=saved_precision(model_dir))
     _, tokenized = prepare_data(data_cfg, tokenizer, args.max_length)

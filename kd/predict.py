@@ -32,7 +32,7 @@ import torch
 from kd.argtypes import positive_int, probability, token_length
 from kd.data.batching import windows
 from kd.errors import UsageError, run_cli
-from kd.eval.inference import predict_proba, scoring_model
+from kd.eval.inference import check_max_length, predict_proba, scoring_model
 from kd.eval.scoring import saved_scoring, scoring_autocast
 from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
 from kd.data.urls import normalize_url
@@ -573,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = args.device or (default_device(shard) if shard.enabled else None)
         try:
+            check_max_length(args.model, args.max_length)
             model, tokenizer = load_classifier(args.model, args.precision, device)
             saved = saved_precision(args.model)
         except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run

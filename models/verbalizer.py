@@ -26,6 +26,8 @@ from types import SimpleNamespace
 
 import torch
 
+from models.encoder import LABEL_NAMES
+
 DEFAULT_WORDS = (" legitimate", " phishing")
 """Class 0, class 1. Each is one token in SmolLM2's tokenizer (14005, 28420)."""
 
@@ -171,7 +173,8 @@ class VerbalizerClassifier(torch.nn.Module):
         super().__init__()
         self.lm = lm
         self.token_ids = list(token_ids)
-        self.config = SimpleNamespace(num_labels=len(self.token_ids))
+        # The verbalizer's words are given in LABEL_NAMES order (0 legitimate, 1 phishing).
+        self.config = SimpleNamespace(num_labels=len(self.token_ids), id2label=dict(enumerate(LABEL_NAMES)))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
         logits = answer_token_logits(self.lm, answer_batch(input_ids, attention_mask))

@@ -53,11 +53,22 @@ def example_keys(urls: list[str]) -> np.ndarray:
     )
 
 
+FINGERPRINTED_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.model", "config.json", "tokenizer.json",
+                       "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                       "vocab.json", "merges.txt")
+"""The files of a model folder that decide its logits for a URL: the weights in any
+format transformers reads, the config (labels, architecture) and the tokenizer."""
+
+
 def model_fingerprint(folder: Path, max_length: int) -> str:
-    """Identifies a teacher's weights (and the tokenisation length) for cache names."""
+    """Identifies a teacher (weights, config, tokenizer: :data:`FINGERPRINTED_FILES`)
+    and the tokenisation length, for cache names: SHA-256 over each such file's
+    name, size and bytes, in name order."""
     digest = hashlib.sha256(f"max_length={max_length}".encode())
-    for name in sorted(p.name for p in Path(folder).glob("*.safetensors")):
-        with open(Path(folder) / name, "rb") as handle:
+    files = sorted({p for pattern in FINGERPRINTED_FILES for p in Path(folder).glob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(f"\0{path.name}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
