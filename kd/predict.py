@@ -21,9 +21,9 @@ import itertools
 import json
 import os
 import sys
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import torch
 
 from kd.argtypes import positive_int, probability, token_length
 from kd.data.batching import windows
-from kd.errors import UsageError, run_cli
+from kd.errors import OutputFailed, UsageError, run_cli
 from kd.eval.inference import predict_proba, scoring_model
 from kd.eval.scoring import saved_scoring, scoring_autocast
 from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
@@ -296,22 +296,33 @@ def check_paths(input_path: Path, output_path: Path, rejects_path: Path) -> None
             raise InputFormatError(f"{name} {path}: no folder {path.resolve().parent}")
 
 
+def _open_temp(path: Path):
+    """A new text file beside ``path`` under a hidden temporary name, with the mode
+    any new file gets under the umask (``mkstemp``'s 0600 would survive the rename)."""
+    name = path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    return open(name, "x", newline="", encoding="utf-8")
+
+
 @contextmanager
 def replace_on_success(*paths: Path):
     """Text handles to temporary files beside ``paths``, renamed onto them only
-    if the block ends without an error (an existing file is never emptied)."""
-    temps = [tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=p.resolve().parent,
-                                         prefix=f".{p.name}.", suffix=".tmp", delete=False) for p in paths]
+    if the block ends without an error and every one of them was written out
+    (closed): all the outputs are replaced, or none is (an existing file is never
+    emptied). The temporaries are removed on every error."""
+    temps = []
     try:
+        for path in paths:
+            temps.append(_open_temp(path))
         yield temps
+        for temp in temps:
+            temp.close()  # a full disk fails here, at the last flush, before any rename
         for temp, path in zip(temps, paths):
-            temp.close()
             os.replace(temp.name, path)
     finally:
         for temp in temps:
-            temp.close()
-            if os.path.exists(temp.name):
-                os.unlink(temp.name)
+            with suppress(OSError):  # the error being raised is the one to report
+                temp.close()
+            Path(temp.name).unlink(missing_ok=True)
 
 
 def score_rows(model, tokenizer, rows: Iterable[Row], scores, rejects, counts: Counts, *, threshold: float,
@@ -424,7 +435,9 @@ def score_file(
             with (parts[output_path][shard.rank].open("w", newline="", encoding="utf-8") as out,
                   parts[rejects_path][shard.rank].open("w", newline="", encoding="utf-8") as rej):
                 score_rows(model, tokenizer, rows, csv.writer(out), csv.writer(rej), counts, **kwargs)
-            barrier(shard)
+            # Summed before anything is renamed into place: a collective that fails leaves the outputs
+            # as they were. Every rank has written its parts once it takes part in the sum.
+            total = all_reduce_sum(torch.tensor([counts.read, counts.scored, counts.rejected, counts.failed]), shard)
             if shard.is_main:
                 with replace_on_success(output_path, rejects_path) as (out, rej):
                     join_parts(parts[output_path], out, SCORE_COLUMNS)
@@ -433,7 +446,6 @@ def score_file(
         finally:
             for part in (parts[output_path][shard.rank], parts[rejects_path][shard.rank]):
                 part.unlink(missing_ok=True)
-    total = all_reduce_sum(torch.tensor([counts.read, counts.scored, counts.rejected, counts.failed]), shard)
     return Counts(*total.tolist())
 
 
@@ -480,15 +492,17 @@ windows of --chunk-rows rows: each window's URLs are sorted by length into
 batches (little padding) and their scores written back in input order, so
 memory stays bounded however long the file; a progress bar shows on a
 terminal. Both files are
-written under temporary names and renamed into place when the run ends; the
-input, output and rejects must be three different files.
+written under temporary names and renamed into place when the run ends, both
+or neither; the input, output and rejects must be three different files.
 
 URLs are scored in the precision recorded with the threshold (scoring_precision
 in MODEL/metrics.json: e.g. bf16 autocast when training evaluated that way).
 
 exit status: 0 when every row was scored or rejected for its content, 1 when
 the model gave a probability outside [0, 1] (NaN) for some row (rejected with
-that reason), 2 for a usage or input-format error (nothing is written).
+that reason) or a file could not be read or written (a full or read-only disk:
+one line, and neither output is replaced), 2 for a usage or input-format error
+(nothing is written).
 
 several processes (CPU cores or GPUs): torchrun --nproc_per_node N -m kd.predict
 --input ... shares the windows out among N processes (one GPU each, when there
@@ -602,6 +616,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         except InputFormatError as err:  # e.g. the file changed since it was checked
             raise UsageError(str(err)) from err
+        except OSError as err:  # a full or read-only disk, a failing device
+            where = f" ({err.filename})" if err.filename else ""
+            raise OutputFailed(f"{err.strerror or err}{where} while scoring {args.input} into {args.output} and "
+                               f"{rejects}; neither was written or replaced") from err
         if not shard.is_main:
             return 1 if counts.failed else 0
         print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "

@@ -1,0 +1,159 @@
+"""kd.predict's input and output under faults and hostile content (issues 22 and 23):
+a full or read-only disk, formula-like URLs, odd input files, and collectives on the
+device a process group serves. The table in tests/README.md lists each case."""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import kd.predict
+from kd.errors import run_cli
+from kd.train.distributed import DistInfo, all_reduce_sum
+collective_device = lambda: None
+
+
+def predict(model_dir, *args) -> int:
+    return run_cli(kd.predict.main, ["--model", str(model_dir), *map(str, args)], prog="python -m kd.predict")
+
+
+def error_line(err: str) -> str:
+    """The one error line of stderr, after the threshold note; no traceback."""
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    return line
+
+
+def fake_scores(monkeypatch) -> None:
+    """Score every URL 0.25 without a model (``score_file(None, None, ...)``)."""
+    monkeypatch.setattr(kd.predict, "predict_proba", lambda model, tok, urls, **kw: np.full(len(urls), 0.25))
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# issue 22 item 7, issue 22: a full disk replaces every output or none, and says so on one line
+
+def test_a_full_disk_while_the_rejects_are_written_out_replaces_neither_output(tiny_classifier_dir, tmp_path,
+                                                                               monkeypatch, capsys):
+    """ENOSPC at the last flush of the rejects (the scores' temporary already complete)."""
+    source, output, rejects = tmp_path / "u.txt", tmp_path / "s.csv", tmp_path / "r.csv"
+    source.write_text("example.org\n\nexample.com\n")
+    output.write_text("previous scores\n")
+    rejects.write_text("previous rejects\n")
+    open_temp = getattr(kd.predict, "_open_temp", None)
+
+    def open_temp_on_a_full_disk(path):
+        handle = open_temp(path)
+        if path.name == "r.csv":
+            close = handle.close
+
+            def close_on_a_full_disk():
+                close()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            handle.close = close_on_a_full_disk
+        return handle
+
+    monkeypatch.setattr(kd.predict, "_open_temp", open_temp_on_a_full_disk)
+    assert predict(tiny_classifier_dir, "--input", source, "--output", output, "--rejects", rejects) == 1
+    assert error_line(capsys.readouterr().err).startswith("python -m kd.predict: error: No space left on device")
+    assert output.read_text() == "previous scores\n" and rejects.read_text() == "previous rejects\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_a_read_only_output_folder_is_one_line_and_status_1(tiny_classifier_dir, tmp_path, monkeypatch, capsys):
+    """EROFS when the first temporary is created (a chmod would not stop root, who runs CI here)."""
+    source = tmp_path / "u.txt"
+    source.write_text("example.org\n")
+
+    def read_only(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path.parent))
+
+    monkeypatch.setattr(kd.predict, "_open_temp", read_only)
+    assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith("python -m kd.predict: error: Read-only file system") and str(tmp_path) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.txt"]
+
+
+# issue 23 item 5: the outputs get the mode of any new file
+
+def test_outputs_get_the_mode_a_new_file_gets_under_the_umask(tmp_path, monkeypatch):
+    fake_scores(monkeypatch)
+    source = tmp_path / "u.txt"
+    source.write_text("example.org\n\n")
+    old = os.umask(0o027)
+    try:
+        kd.predict.score_file(None, None, source, tmp_path / "s.csv", tmp_path / "r.csv")
+    finally:
+        os.umask(old)
+    for name in ("s.csv", "r.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+# issue 23 item 1: collectives take the device their group serves, and the counts are summed before renaming
+
+def one_rank_group(tmp_path, backend: str) -> None:
+    dist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+
+
+def test_a_group_that_serves_cuda_only_takes_cuda_tensors(tmp_path):
+    """NCCL, or gloo registered for ``cuda`` alone: a CPU tensor is refused there."""
+    one_rank_group(tmp_path, "cuda:gloo")
+    try:
+        assert collective_device().type == "cuda"
+        with pytest.raises(RuntimeError, match="device type cpu"):
+            dist.all_reduce(torch.zeros(1))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_gloo_group_sums_on_the_cpu_and_gives_the_sum_back_where_it_was(tmp_path):
+    one_rank_group(tmp_path, "gloo")
+    try:
+        assert collective_device() == torch.device("cpu")
+        total = all_reduce_sum(torch.tensor([1, 2]), DistInfo(0, 2))  # one rank: the sum is the value
+        assert total.tolist() == [1, 2] and total.device.type == "cpu"
+    finally:
+        dist.destroy_process_group()
+
+
+def refusing_rank(rank: int, store: str, folder: str) -> None:
+    """A rank of a gloo group whose sum of the counts fails as NCCL's did on a CPU tensor."""
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        kd.predict.predict_proba = lambda model, tok, urls, **kw: np.full(len(urls), 0.25)
+
+        def refused(value, info):
+            dist.barrier()  # the other rank has reached it too
+            raise RuntimeError("No backend type associated with device type cpu")
+
+        kd.predict.all_reduce_sum = refused
+        folder = Path(folder)
+        try:
+            kd.predict.score_file(None, None, folder / "u.txt", folder / "s.csv", folder / "r.csv",
+                                  chunk_rows=2, shard=DistInfo(rank, 2, rank))
+        except RuntimeError:
+            (folder / f"failed-{rank}").touch()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_counts_are_summed_before_the_outputs_are_renamed_into_place(tmp_path):
+    """A failing collective (NCCL given CPU tensors) leaves no output and no part behind."""
+    (tmp_path / "u.txt").write_text("".join(f"site{i}.example.com\n" for i in range(9)))
+    mp.spawn(refusing_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "store") == ["failed-0", "failed-1", "u.txt"]
