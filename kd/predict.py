@@ -10,6 +10,10 @@ windows of rows, each scored in length-sorted batches with the input order
 restored; every input row ends up either in the scores or in the rejects file.
 Under ``torchrun --nproc_per_node N`` the windows are shared out among the N
 processes and rank 0 joins their parts in input order.
+
+Analysts open the CSVs in spreadsheets: a text field that starts like a formula
+(``=cmd|' /C calc'!A0``, ``+HYPERLINK(...)``) gets a ``'`` in front
+(:func:`spreadsheet_safe`); removing one leading ``'`` gives the URL back.
 """
 from __future__ import annotations
 
@@ -325,6 +329,18 @@ def replace_on_success(*paths: Path):
             Path(temp.name).unlink(missing_ok=True)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet reads a cell that starts with one of these as a formula (OWASP, CSV injection)."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a ``'`` in front if it starts with one of :data:`FORMULA_STARTS`
+    or with ``'`` itself, so that a spreadsheet shows it as text instead of running
+    it, and removing exactly one leading ``'`` from every field that has one gives
+    the text back."""
+    return "'" + text if text.startswith((*FORMULA_STARTS, "'")) else text
+
+
 def score_rows(model, tokenizer, rows: Iterable[Row], scores, rejects, counts: Counts, *, threshold: float,
                max_chars: int, window: int, shard: DistInfo = DistInfo(), **predict_kwargs) -> None:
     """Score ``rows`` into the CSV writers ``scores`` and ``rejects``, ``window`` rows at a time.
@@ -346,17 +362,17 @@ def score_rows(model, tokenizer, rows: Iterable[Row], scores, rejects, counts: C
             if reason is None:
                 good.append((row, row.url.strip(), normalized))
             else:
-                rejects.writerow((row.line, reason, row.content))
+                rejects.writerow((row.line, spreadsheet_safe(reason), spreadsheet_safe(row.content)))
                 counts.rejected += 1
         probs = predict_proba(model, tokenizer, [n for _, _, n in good], normalize=False, **predict_kwargs) if good else []
         for (row, url, normalized), p in zip(good, probs):
             if not 0 <= p <= 1:  # NaN too
-                rejects.writerow((row.line, f"the model gave probability {p}", row.content))
+                rejects.writerow((row.line, f"the model gave probability {p}", spreadsheet_safe(row.content)))
                 counts.rejected += 1
                 counts.failed += 1
                 continue
             label = "phishing" if p >= threshold else "legitimate"
-            scores.writerow((row.line, url, normalized, label, float(p)))
+            scores.writerow((row.line, spreadsheet_safe(url), spreadsheet_safe(normalized), label, float(p)))
             counts.scored += 1
 
 
@@ -494,6 +510,12 @@ memory stays bounded however long the file; a progress bar shows on a
 terminal. Both files are
 written under temporary names and renamed into place when the run ends, both
 or neither; the input, output and rejects must be three different files.
+
+spreadsheets: a URL, normalized URL, reason or content that starts with =, +,
+-, @, a tab or a carriage return (which a spreadsheet runs as a formula), or
+with ', is written with a ' in front (OWASP's advice on CSV injection); to get
+the text back, remove one leading ' from every field that starts with one, e.g.
+url[1:] if url.startswith("'") else url.
 
 URLs are scored in the precision recorded with the threshold (scoring_precision
 in MODEL/metrics.json: e.g. bf16 autocast when training evaluated that way).

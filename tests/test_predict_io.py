@@ -157,3 +157,23 @@ def test_the_counts_are_summed_before_the_outputs_are_renamed_into_place(tmp_pat
     (tmp_path / "u.txt").write_text("".join(f"site{i}.example.com\n" for i in range(9)))
     mp.spawn(refusing_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "store") == ["failed-0", "failed-1", "u.txt"]
+
+
+# issue 22 item 9: a URL that a spreadsheet would run as a formula is written as text
+
+FORMULAS = ["=cmd|' /C calc'!A0", "+HYPERLINK(\"http://evil.example\",\"x\")", "-2+3+cmd|' /C calc'!A0",
+            "@SUM(1+1)*cmd|' /C calc'!A0", "'=quoted.example"]
+
+
+def test_formula_like_fields_get_a_quote_in_front_and_come_back_without_it(tmp_path, monkeypatch):
+    from conftest import read_csv_rows
+
+    fake_scores(monkeypatch)
+    source = tmp_path / "u.txt"
+    source.write_text("\n".join([*FORMULAS, "=" + "x" * 50, "example.org"]) + "\n")
+    kd.predict.score_file(None, None, source, tmp_path / "s.csv", tmp_path / "r.csv", max_chars=45)
+    scores, rejects = read_csv_rows(tmp_path / "s.csv"), read_csv_rows(tmp_path / "r.csv")
+    cells = [r[k] for r in scores for k in ("url", "normalized_url")] + [r["content"] for r in rejects]
+    assert rejects and all(not c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells)
+    assert [r["url"][1:] if r["url"].startswith("'") else r["url"] for r in scores] == [*FORMULAS, "example.org"]
+    assert rejects[0]["content"] == "'=" + "x" * 50
