@@ -498,8 +498,8 @@ label is 'phishing' when probability_phishing >= threshold.""",
         epilog="""\
 rows that cannot be scored are never dropped silently: an empty line, bytes
 that are not valid UTF-8, a URL longer than --max-chars characters, control
-characters (NUL, tab, ...), a null placeholder (null, None, NaN), nothing left
-after normalisation, a CSV row that does not parse, lacks the column or holds
+characters (NUL, tab, bidi and zero-width marks, ...), a null placeholder
+(null, None, NaN), nothing left after normalisation, a CSV row that does not parse, lacks the column or holds
 a quoted field spanning lines, a JSON line that does not parse or holds no URL.
 With --input they go to --rejects with their line number (1-based, counting
 blank lines and a CSV header) and the reason; stderr gets a summary of rows

@@ -177,3 +177,21 @@ def test_formula_like_fields_get_a_quote_in_front_and_come_back_without_it(tmp_p
     assert rejects and all(not c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in cells)
     assert [r["url"][1:] if r["url"].startswith("'") else r["url"] for r in scores] == [*FORMULAS, "example.org"]
     assert rejects[0]["content"] == "'=" + "x" * 50
+
+
+# issue 22: bidi controls and zero-width characters are control characters, for training and scoring alike
+
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
+             "\u2066", "\u2067", "\u2068", "\u2069", "\ufeff", "\u061c"]
+
+
+@pytest.mark.parametrize("mark", INVISIBLE, ids=[f"U+{ord(m):04X}" for m in INVISIBLE])
+def test_an_invisible_mark_in_a_url_is_a_control_character_for_both_readers(tmp_path, mark):
+    from kd.data.sources import SourceSpec, read_source
+
+    url = f"paypal.com{mark}.evil.example/login"
+    assert kd.predict.screen_url(url) == (None, "contains control characters")
+    source = tmp_path / "u.txt"
+    source.write_text(f"example.org\n{url}\n", encoding="utf-8")
+    rows, report = read_source(SourceSpec(str(source), label="phishing"))
+    assert [url for _, url, _ in rows] == ["example.org"] and report.skipped == {"control_characters": 1}
