@@ -195,3 +195,27 @@ def test_an_invisible_mark_in_a_url_is_a_control_character_for_both_readers(tmp_
     source.write_text(f"example.org\n{url}\n", encoding="utf-8")
     rows, report = read_source(SourceSpec(str(source), label="phishing"))
     assert [url for _, url, _ in rows] == ["example.org"] and report.skipped == {"control_characters": 1}
+
+
+# issue 23: an output that is the input under another spelling is refused, and the input stays intact
+
+def other_spellings(tmp_path, monkeypatch, case: str) -> tuple[str, str]:
+    """``(input, output)`` naming the same file ``tmp_path/u.txt``."""
+    if case == "relative input, absolute output":
+        monkeypatch.chdir(tmp_path)
+        return "u.txt", str(tmp_path / "u.txt")
+    if case == "a symlink":
+        (tmp_path / "link.csv").symlink_to(tmp_path / "u.txt")
+        return str(tmp_path / "u.txt"), str(tmp_path / "link.csv")
+    (tmp_path / "x").mkdir()
+    return str(tmp_path / "u.txt"), str(tmp_path / "x" / ".." / "u.txt")
+
+
+@pytest.mark.parametrize("case", ["relative input, absolute output", "a symlink", "x/../u.txt"])
+def test_the_input_under_another_spelling_is_refused_as_the_output(tiny_classifier_dir, tmp_path, monkeypatch,
+                                                                  capsys, case):
+    (tmp_path / "u.txt").write_text("example.org\n")
+    source, output = other_spellings(tmp_path, monkeypatch, case)
+    assert predict(tiny_classifier_dir, "--input", source, "--output", output, "--rejects", tmp_path / "r.csv") == 2
+    assert "--input and --output are the same file" in error_line(capsys.readouterr().err)
+    assert (tmp_path / "u.txt").read_text() == "example.org\n" and not (tmp_path / "r.csv").exists()
