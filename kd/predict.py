@@ -20,10 +20,13 @@ from __future__ import annotations
 import argparse
 import codecs
 import csv
+import gzip
 import heapq
+import io
 import itertools
 import json
 import os
+import stat
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
@@ -38,7 +41,7 @@ from kd.data.batching import windows
 from kd.errors import OutputFailed, UsageError, run_cli
 from kd.eval.inference import predict_proba, scoring_model
 from kd.eval.scoring import saved_scoring, scoring_autocast
-from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
+from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line_of, url_problem
 from kd.data.urls import normalize_url
 from kd.train.distributed import DistInfo, all_reduce_sum, barrier, close_distributed, default_device, init_distributed
 
@@ -252,11 +255,81 @@ def read_rows(lines: Iterable[bytes], fmt: str = "lines", column: str | None = N
         return
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def check_input_file(path: Path) -> None:
+    """Refuse an input that is not a regular file, saying what it is: it is read
+    twice (its format detected, then scored), which a pipe or a terminal cannot be."""
+    if str(path) == "-":
+        raise InputFormatError("--input -: standard input cannot be read twice (to detect the format, then to "
+                               "score); write it to a file first, e.g. ... > urls.txt, and give --input urls.txt")
+    if not path.exists():
+        raise InputFormatError(f"no such input file: {path}")
+    mode = path.stat().st_mode
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), None)
+    if kind is not None:
+        raise InputFormatError(f"--input {path} is {kind}, not a file"
+                               + (": write what it gives to a file first" if kind != "a folder" else ""))
+
+
+class _Utf8Lines:
+    """Byte lines in UTF-8 from a text stream (``readline(limit)`` and iteration):
+    what the readers take, whatever the file's own encoding."""
+
+    def __init__(self, text: io.TextIOBase):
+        self.text = text
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.text.readline(limit).encode("utf-8")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (line.encode("utf-8") for line in self.text)
+
+
+@contextmanager
+def open_input(path: Path):
+    """``(lines, raw)``: binary lines of the input as UTF-8, and the file handle
+    underneath (its position measures progress).
+
+    A gzip file (magic bytes ``1f 8b``) is read through gzip; UTF-16 text with a
+    byte-order mark is decoded (a code unit that is not UTF-16 becomes U+FFFD)
+    and re-encoded; anything else is taken as it is (UTF-8, checked line by line).
+    """
+    with open(path, "rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if raw.peek(2)[:2] == GZIP_MAGIC else raw
+        with stream:
+            if stream.peek(2)[:2] in UTF16_BOMS:
+                yield _Utf8Lines(io.TextIOWrapper(stream, encoding="utf-16", errors="replace", newline="\n")), raw
+            else:
+                yield stream, raw
+
+
+def input_head(path: Path) -> bytes | None:
+    """The first non-blank line of the input as :func:`open_input` reads it
+    (:func:`kd.data.sources.first_line`). Raises :class:`InputFormatError` for
+    UTF-16 without a byte-order mark (half its bytes NUL), which would otherwise
+    be read as one reject per line, and for a gzip file that does not decompress."""
+    try:
+        with open_input(path) as (lines, _):
+            head = first_line_of(lines)
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise InputFormatError(f"{path} starts like a gzip file but does not decompress ({err})") from None
+    if head is not None and len(head) >= 2 and 2 * head.count(b"\0") >= len(head):
+        raise InputFormatError(f"{path}: half the bytes of the first line are NUL, as in UTF-16 without a "
+                               "byte-order mark; convert it to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8)")
+    return head
+
+
 def input_format(path: Path, fmt: str, column: str | None) -> str:
     """``fmt`` or, for ``auto``, the format :func:`kd.data.sources.detect_format` finds
-    (the training-data detection); only lines, CSV and JSON lines stream. A CSV
-    header must name the URL column. Raises :class:`InputFormatError`."""
-    head = first_line(path)
+    (the training-data detection) in the first line :func:`input_head` reads; only
+    lines, CSV and JSON lines stream. A CSV header must name the URL column.
+    Raises :class:`InputFormatError`."""
+    head = input_head(path)
     if head is None:
         return "lines"  # nothing but blank lines: each is a reject
     if fmt == "auto":
@@ -428,13 +501,13 @@ def score_file(
     show = progress if shard.is_main else False
     kwargs = dict(threshold=threshold, max_chars=max_chars, window=chunk_rows, shard=shard, **predict_kwargs)
     with (
-        input_path.open("rb") as source,
+        open_input(input_path) as (source, raw_file),
         tqdm(total=input_path.stat().st_size, unit="B", unit_scale=True, desc="scoring",
              disable=None if show is None else not show) as bar,
     ):
         def lines():
             for raw in source:
-                bar.update(len(raw))
+                bar.update(raw_file.tell() - bar.n)  # the file's bytes, also when gzip or UTF-16
                 yield raw
 
         rows = read_rows(lines(), fmt, column)
@@ -543,7 +616,9 @@ examples:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="model folder (save_pretrained + tokenizer)")
     parser.add_argument("--input", type=Path, metavar="FILE",
-                        help="file to score: one URL per line, a CSV with a header, or JSON lines (see --format)")
+                        help="file to score: one URL per line, a CSV with a header, or JSON lines (see --format); "
+                             "UTF-8, UTF-16 with a byte-order mark, or either gzip-compressed (detected from "
+                             "the bytes); a regular file, read twice (not a pipe or -)")
     parser.add_argument("--output", type=Path, metavar="CSV",
                         help="scores CSV to write (required with --input); columns: "
                              + ", ".join(SCORE_COLUMNS))
@@ -591,10 +666,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.input:
         if not args.output:
             parser.error("--input needs --output")
-        if not args.input.is_file():
-            raise UsageError(f"no such input file: {args.input}")
         rejects = args.rejects or args.output.with_suffix(".rejects.csv")
         try:  # before loading the model: a usage error costs nothing and writes nothing
+            check_input_file(args.input)
             check_paths(args.input, args.output, rejects)
             fmt = input_format(args.input, args.fmt, args.column)
         except InputFormatError as err:
@@ -638,9 +712,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         except InputFormatError as err:  # e.g. the file changed since it was checked
             raise UsageError(str(err)) from err
-        except OSError as err:  # a full or read-only disk, a failing device
-            where = f" ({err.filename})" if err.filename else ""
-            raise OutputFailed(f"{err.strerror or err}{where} while scoring {args.input} into {args.output} and "
+        except (OSError, EOFError) as err:  # a full or read-only disk, a failing device, a truncated gzip file
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            raise OutputFailed(f"{getattr(err, 'strerror', None) or err}{where} while scoring {args.input} into {args.output} and "
                                f"{rejects}; neither was written or replaced") from err
         if not shard.is_main:
             return 1 if counts.failed else 0

@@ -3,7 +3,9 @@ a full or read-only disk, formula-like URLs, odd input files, and collectives on
 device a process group serves. The table in tests/README.md lists each case."""
 from __future__ import annotations
 
+import codecs
 import errno
+import gzip
 import os
 import stat
 from datetime import timedelta
@@ -16,8 +18,7 @@ import torch.multiprocessing as mp
 
 import kd.predict
 from kd.errors import run_cli
-from kd.train.distributed import DistInfo, all_reduce_sum
-collective_device = lambda: None
+from kd.train.distributed import DistInfo, all_reduce_sum, collective_device
 
 
 def predict(model_dir, *args) -> int:
@@ -49,7 +50,7 @@ def test_a_full_disk_while_the_rejects_are_written_out_replaces_neither_output(t
     source.write_text("example.org\n\nexample.com\n")
     output.write_text("previous scores\n")
     rejects.write_text("previous rejects\n")
-    open_temp = getattr(kd.predict, "_open_temp", None)
+    open_temp = kd.predict._open_temp
 
     def open_temp_on_a_full_disk(path):
         handle = open_temp(path)
@@ -219,3 +220,50 @@ def test_the_input_under_another_spelling_is_refused_as_the_output(tiny_classifi
     assert predict(tiny_classifier_dir, "--input", source, "--output", output, "--rejects", tmp_path / "r.csv") == 2
     assert "--input and --output are the same file" in error_line(capsys.readouterr().err)
     assert (tmp_path / "u.txt").read_text() == "example.org\n" and not (tmp_path / "r.csv").exists()
+
+
+# issue 22: an input that is no regular file says what it is; gzip and UTF-16 are read, not rejected line by line
+
+def test_an_input_that_is_no_file_says_what_it_is(tiny_classifier_dir, tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "folder").mkdir()
+    cases = {"folder": "is a folder, not a file", "pipe": "is a named pipe (FIFO), not a file",
+             "-": "standard input cannot be read twice", "missing.txt": "no such input file"}
+    for name, words in cases.items():
+        source = name if name == "-" else tmp_path / name
+        assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 2, name
+        assert words in error_line(capsys.readouterr().err), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "pipe"]
+
+
+URLS = "url\nexample.org\nhttp://paypal.com.verify.example/login\n\nexample.com/a?b=c\n"
+
+
+@pytest.mark.parametrize("encode", [
+    lambda text: gzip.compress(text.encode("utf-8")),
+    lambda text: text.encode("utf-16"),  # with a byte-order mark (little-endian here)
+    lambda text: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+    lambda text: gzip.compress(text.encode("utf-16")),
+], ids=["gzip", "utf-16", "utf-16-be", "gzip+utf-16"])
+def test_gzip_and_utf16_inputs_are_scored_as_their_utf8_text_would_be(tmp_path, monkeypatch, encode):
+    fake_scores(monkeypatch)
+    plain, encoded = tmp_path / "plain.csv", tmp_path / "encoded.csv"
+    plain.write_text(URLS)
+    encoded.write_bytes(encode(URLS))
+    for name, source in (("p", plain), ("e", encoded)):
+        counts = kd.predict.score_file(None, None, source, tmp_path / f"{name}.scores", tmp_path / f"{name}.rejects")
+        assert (counts.scored, counts.rejected) == (3, 1)
+    for suffix in ("scores", "rejects"):
+        assert (tmp_path / f"e.{suffix}").read_bytes() == (tmp_path / f"p.{suffix}").read_bytes()
+
+
+@pytest.mark.parametrize("content, words", [
+    ("example.org\nexample.com\n".encode("utf-16-le"), "UTF-16 without a byte-order mark"),
+    (b"\x1f\x8b\x08this is no gzip stream\n", "does not decompress"),
+], ids=["utf-16 without bom", "broken gzip"])
+def test_an_undecodable_input_is_refused_as_a_whole(tiny_classifier_dir, tmp_path, capsys, content, words):
+    source = tmp_path / "u.txt"
+    source.write_bytes(content)
+    assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 2
+    assert words in error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.txt"]

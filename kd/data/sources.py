@@ -88,11 +88,16 @@ def first_line(path: Path, limit: int = 1 << 16) -> bytes | None:
     """The first non-blank line of a file (at most ``limit`` bytes, without a
     UTF-8 byte-order mark or line end), or None if the file holds nothing else."""
     with open(path, "rb") as handle:
-        for number, raw in enumerate(iter(lambda: handle.readline(limit), b"")):
-            if number == 0:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            if raw.strip():
-                return raw.rstrip(b"\r\n")
+        return first_line_of(handle, limit)
+
+
+def first_line_of(handle, limit: int = 1 << 16) -> bytes | None:
+    """:func:`first_line` of a binary handle (anything with ``readline(limit)``) at its start."""
+    for number, raw in enumerate(iter(lambda: handle.readline(limit), b"")):
+        if number == 0:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        if raw.strip():
+            return raw.rstrip(b"\r\n")
     return None
 
 
