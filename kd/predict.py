@@ -26,6 +26,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import stat
 import sys
 import uuid
@@ -261,10 +262,8 @@ UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 def check_input_file(path: Path) -> None:
     """Refuse an input that is not a regular file, saying what it is: it is read
-    twice (its format detected, then scored), which a pipe or a terminal cannot be."""
-    if str(path) == "-":
-        raise InputFormatError("--input -: standard input cannot be read twice (to detect the format, then to "
-                               "score); write it to a file first, e.g. ... > urls.txt, and give --input urls.txt")
+    twice (its format detected, then scored), which a pipe or a terminal cannot be
+    (``--input -`` copies standard input to a file first: :func:`stdin_as_file`)."""
     if not path.exists():
         raise InputFormatError(f"no such input file: {path}")
     mode = path.stat().st_mode
@@ -373,11 +372,34 @@ def check_paths(input_path: Path, output_path: Path, rejects_path: Path) -> None
             raise InputFormatError(f"{name} {path}: no folder {path.resolve().parent}")
 
 
+def _temp_path(path: Path) -> Path:
+    """A hidden name beside ``path`` that no file has yet (``uuid4``; opened with ``x`` to be sure)."""
+    return path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
 def _open_temp(path: Path):
     """A new text file beside ``path`` under a hidden temporary name, with the mode
     any new file gets under the umask (``mkstemp``'s 0600 would survive the rename)."""
-    name = path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    return open(name, "x", newline="", encoding="utf-8")
+    return open(_temp_path(path), "x", newline="", encoding="utf-8")
+
+
+@contextmanager
+def stdin_as_file(beside: Path):
+    """Standard input copied to a temporary file beside ``beside`` (the output),
+    removed at the end: the input is read twice (its format detected, then scored),
+    which a pipe cannot be. Raises :class:`OutputFailed` if the copy cannot be written."""
+    if not beside.resolve().parent.is_dir():
+        raise UsageError(f"--output {beside}: no folder {beside.resolve().parent}")
+    copy = _temp_path(beside)
+    try:
+        try:
+            with open(copy, "xb") as out:
+                shutil.copyfileobj(sys.stdin.buffer, out)
+        except OSError as err:
+            raise OutputFailed(f"{err.strerror or err} while copying standard input to {copy}") from err
+        yield copy
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -608,6 +630,7 @@ examples:
   python -m kd.predict --model runs/student http://paypal.com.verify.xyz/login
   python -m kd.predict --model runs/student-nf4 --input urls.txt --output scores.csv
   python -m kd.predict --model runs/teacher --input data.csv --column link --output scores.csv
+  grep paypal urls.txt | python -m kd.predict --model runs/student --input - --output scores.csv
   torchrun --nproc_per_node 2 -m kd.predict --model runs/student --input urls.txt --output scores.csv""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -616,9 +639,10 @@ examples:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="model folder (save_pretrained + tokenizer)")
     parser.add_argument("--input", type=Path, metavar="FILE",
-                        help="file to score: one URL per line, a CSV with a header, or JSON lines (see --format); "
-                             "UTF-8, UTF-16 with a byte-order mark, or either gzip-compressed (detected from "
-                             "the bytes); a regular file, read twice (not a pipe or -)")
+                        help="file to score, or - for standard input (copied to a temporary file beside "
+                             "--output first, which must then be given): one URL per line, a CSV with a "
+                             "header, or JSON lines (see --format); UTF-8, UTF-16 with a byte-order mark, or "
+                             "either gzip-compressed (detected from the bytes); a regular file, not a pipe")
     parser.add_argument("--output", type=Path, metavar="CSV",
                         help="scores CSV to write (required with --input); columns: "
                              + ", ".join(SCORE_COLUMNS))
@@ -656,9 +680,21 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; the exit status is described in the ``--help`` epilog."""
+    """Run the CLI; the exit status is described in the ``--help`` epilog.
+    ``--input -`` scores a copy of standard input (:func:`stdin_as_file`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if str(args.input) != "-" or args.urls or not args.output:
+        return run(parser, args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("under torchrun give --input FILE (standard input reaches one process only)")
+    with stdin_as_file(args.output) as copy:
+        args.input = copy
+        return run(parser, args)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """What :func:`main` does with the parsed ``args``."""
     if bool(args.urls) == bool(args.input):
         parser.error("give either URLs or --input FILE (not both)")
     if args.urls and int(os.environ.get("WORLD_SIZE", "1")) > 1:
