@@ -6,8 +6,9 @@ line** to stderr and exits with status 2, as argparse does for its own
 errors; ``--debug`` anywhere on the command line shows the traceback
 instead. Anything else is a bug and keeps its traceback (status 1). A recipe
 that a command runs as a process of its own (kd.demo, kd.ablation) and that
-fails is a :class:`RecipeFailed`: one line, and the recipe's own status. An input or output that cannot be read or written (a full
-or read-only disk) is an :class:`OutputFailed`: one line, status 1.
+fails is a :class:`RecipeFailed`: one line, and the recipe's own status. An
+input or output that cannot be read or written (a full or read-only disk) is
+an :class:`OutputFailed`: one line, status 1.
 
 What counts as the user's mistake, exactly:
 

@@ -30,6 +30,7 @@ import shutil
 import stat
 import sys
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -315,8 +316,10 @@ def input_head(path: Path) -> bytes | None:
     try:
         with open_input(path) as (lines, _):
             head = first_line_of(lines)
-    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise InputFormatError(f"{path} starts like a gzip file but does not decompress ({err})") from None
+    except OSError as err:  # e.g. no permission to read it
+        raise InputFormatError(f"{path}: {err.strerror or err}") from None
     if head is not None and len(head) >= 2 and 2 * head.count(b"\0") >= len(head):
         raise InputFormatError(f"{path}: half the bytes of the first line are NUL, as in UTF-16 without a "
                                "byte-order mark; convert it to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8)")
@@ -594,8 +597,9 @@ label is 'phishing' when probability_phishing >= threshold.""",
 rows that cannot be scored are never dropped silently: an empty line, bytes
 that are not valid UTF-8, a URL longer than --max-chars characters, control
 characters (NUL, tab, bidi and zero-width marks, ...), a null placeholder
-(null, None, NaN), nothing left after normalisation, a CSV row that does not parse, lacks the column or holds
-a quoted field spanning lines, a JSON line that does not parse or holds no URL.
+(null, None, NaN), nothing left after normalisation, a CSV row that does not
+parse, lacks the column or holds a quoted field spanning lines, a JSON line
+that does not parse or holds no URL.
 With --input they go to --rejects with their line number (1-based, counting
 blank lines and a CSV header) and the reason; stderr gets a summary of rows
 read / scored / rejected. Scores keep the input order. The file is streamed in
@@ -748,10 +752,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             )
         except InputFormatError as err:  # e.g. the file changed since it was checked
             raise UsageError(str(err)) from err
-        except (OSError, EOFError) as err:  # a full or read-only disk, a failing device, a truncated gzip file
+        except (OSError, EOFError, zlib.error) as err:  # a full or read-only disk, a failing device, broken gzip
+            what = getattr(err, "strerror", None) or err
             where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-            raise OutputFailed(f"{getattr(err, 'strerror', None) or err}{where} while scoring {args.input} into {args.output} and "
-                               f"{rejects}; neither was written or replaced") from err
+            raise OutputFailed(f"{what}{where} while scoring {args.input} into {args.output} and {rejects}; "
+                               "neither was written or replaced") from err
         if not shard.is_main:
             return 1 if counts.failed else 0
         print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "

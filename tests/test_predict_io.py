@@ -284,3 +284,14 @@ def test_an_undecodable_input_is_refused_as_a_whole(tiny_classifier_dir, tmp_pat
     assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 2
     assert words in error_line(capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["u.txt"]
+
+
+def test_a_gzip_file_cut_short_is_one_line_and_status_1(tiny_classifier_dir, tmp_path, capsys):
+    """Its first lines decompress (the format is found); the end is missing."""
+    text = "".join(f"site{i}.example/{i * 7919 % 100003}\n" for i in range(20000))
+    compressed = gzip.compress(text.encode())
+    source = tmp_path / "u.txt.gz"
+    source.write_bytes(compressed[: len(compressed) // 2])
+    assert predict(tiny_classifier_dir, "--input", source, "--output", tmp_path / "s.csv") == 1
+    assert "neither was written or replaced" in error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.txt.gz"]

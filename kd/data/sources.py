@@ -37,7 +37,7 @@ SKIP_REASONS = {
     "empty_url": "the URL cell is empty, blank or NaN",
     "invalid_utf8": "the row is not valid UTF-8",
     "too_long": "the URL is longer than max_url_chars",
-    "control_characters": "the URL holds a control character (NUL, tab, a line break, a bidi or zero-width mark, ...)",
+    "control_characters": "the URL holds a control character (NUL, tab, a line break, a bidi or zero-width mark)",
     "null_url": "the URL cell is a null placeholder (null, None, NaN), not a URL",
     "missing_label": "the label cell is empty or NaN",
 }
