@@ -6,7 +6,9 @@ line** to stderr and exits with status 2, as argparse does for its own
 errors; ``--debug`` anywhere on the command line shows the traceback
 instead. Anything else is a bug and keeps its traceback (status 1). A recipe
 that a command runs as a process of its own (kd.demo, kd.ablation) and that
-fails is a :class:`RecipeFailed`: one line, and the recipe's own status.
+fails is a :class:`RecipeFailed`: one line, and the recipe's own status. An
+input or output that cannot be read or written (a full or read-only disk) is
+an :class:`OutputFailed`: one line, status 1.
 
 What counts as the user's mistake, exactly:
 
@@ -38,6 +40,12 @@ class UsageError(ValueError):
 
 
 USER_ERRORS = (UsageError, DataError, ModelFolderError)
+
+
+class OutputFailed(Exception):
+    """An input or output could not be read or written (a full or read-only disk):
+    not the user's mistake in what they typed, so status 1, but one line, saying
+    what happened to the outputs."""
 
 
 class RecipeFailed(Exception):
@@ -77,7 +85,8 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     A user error (:data:`USER_ERRORS`) prints ``PROG: error: MESSAGE`` on one
     line and returns 2, unless ``--debug`` was given: then it propagates with
     its traceback. :class:`RecipeFailed` prints one line and returns the
-    recipe's status. ``main`` returning an int returns it; anything else is 0.
+    recipe's status; :class:`OutputFailed` one line and 1 (its traceback with
+    ``--debug``). ``main`` returning an int returns it; anything else is 0.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
@@ -94,4 +103,9 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     except RecipeFailed as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_status
+    except OutputFailed as err:
+        if debug:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

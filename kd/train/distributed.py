@@ -68,11 +68,23 @@ def gather_rng_states(info: DistInfo, device: torch.device) -> dict[str, torch.T
     return gathered
 
 
+def collective_device() -> torch.device:
+    """The device whose tensors the default process group's collectives take:
+    the CPU if a backend serves it (gloo), else this process's GPU (NCCL serves
+    CUDA tensors only, and so does a gloo group registered as ``cuda:gloo``):
+    ``cuda`` is the current device, which :func:`init_distributed` set to the local rank's."""
+    if torch.device("cpu") in dist.group.WORLD._device_types:
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
 def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a tensor over all ranks (identity in a single process)."""
+    """Sum a tensor over all ranks, on the device :func:`collective_device` names;
+    the sum comes back on ``value``'s device (identity in a single process)."""
     if info.enabled:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        summed = value.to(collective_device(), copy=True)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        value = summed.to(value.device)
     return value
 
 
