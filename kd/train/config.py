@@ -17,7 +17,34 @@ from typing import Any
 import yaml
 
 from kd.data.splits import DataConfig
+from kd.errors import UsageError
 from kd.train.loop import TrainConfig
+
+
+class _PlainYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases: nested aliases expand
+    exponentially (an "alias bomb" of a few lines holds billions of entries), and
+    no config of the project needs them."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.MarkedYAMLError(problem="anchors and aliases (&name, *name) are not allowed; write the values out",
+                                       problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """Parse YAML ``text`` (from ``where``: a file or an option, for the message) the one
+    way the project reads YAML: safe tags only, no anchors or aliases.
+
+    Raises :class:`UsageError` (one line at the command line) on any YAML error,
+    including a ``!!python/...`` tag.
+    """
+    try:
+        return yaml.load(text, Loader=_PlainYamlLoader)
+    except yaml.YAMLError as err:
+        raise UsageError(f"{where} is not a plain YAML config: {' '.join(str(err).split())}") from None
 
 
 @dataclass
@@ -129,12 +156,12 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()
                 known = sorted(p.stem for p in configs.glob("*.yaml"))
                 raise FileNotFoundError(f"no config file {preset!r}; presets in configs/: {known}")
             path = candidate
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(path.read_text(), str(path)) or {}
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"override {item!r} is not key=value (e.g. train.lr=3e-5)")
-        set_dotted(tree, key.strip(), yaml.safe_load(value))
+        set_dotted(tree, key.strip(), read_yaml(value, f"--set {item}"))
     if "teacher" in {f.name for f in dataclasses.fields(cls)}:
         own = tree.get("data", {})
         if not isinstance(own, dict):
@@ -143,5 +170,12 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()
     return _build(cls, tree, "")
 
 
+class _PlainYamlDumper(yaml.SafeDumper):
+    """Writes a value seen twice out again rather than as an alias, which :func:`read_yaml` refuses."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def save_config(cfg, path: Path) -> None:
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    path.write_text(yaml.dump(dataclasses.asdict(cfg), Dumper=_PlainYamlDumper, sort_keys=False))
