@@ -66,3 +66,84 @@ def test_a_saved_config_with_a_shared_value_reads_back(tmp_path):
     cfg.data.test_sets = {"a": cfg.data.sources, "b": cfg.data.sources}
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(RunConfig, tmp_path / "config.yaml").data.test_sets == {"a": cfg.data.sources, "b": cfg.data.sources}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=inf", "train.epochs must be int, got 'inf'"),
+    ("train.epochs=.inf", "train.epochs must be int, got inf"),
+    ("train.seed=-1", "train.seed must be in [0, 2**32)"),
+    ("data.seed=-1", "data.seed must be in [0, 2**32)"),
+    ("data.fractions=[.nan,0.5,0.5]", "data.fractions must be finite"),
+    ("data.fractions=[0.8,0.1,.nan]", "data.fractions must be finite"),
+    ("data.fractions=[0.9,0.2,-0.1]", "data.fractions must be 3 non-negative numbers summing to 1"),
+    ("data.fractions=[0.5,0.3,0.1]", "data.fractions must be 3 non-negative numbers summing to 1"),
+    ("model.max_length=0", "model.max_length must be >= 1, got 0"),
+    ("model.dropout=1", "model.dropout must be in [0, 1)"),
+    ("model.dropout=-0.1", "model.dropout must be in [0, 1)"),
+    ("model.dropout=.nan", "model.dropout must be in [0, 1)"),
+])
+def test_an_absurd_value_is_one_line_naming_the_key_at_config_time(override, message, tmp_path, capsys):
+    import train_teacher
+
+    argv = ["--set", override, "--set", "data.sources=[no/such/file.csv]", "--set", f"out_dir={tmp_path / 'out'}"]
+    status = run_cli(train_teacher.main, argv, prog="train_teacher.py")
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()  # stopped before the data (a missing file) was read
+
+
+def test_sane_model_values_pass():
+    ModelConfig(max_length=1, dropout=0.0)
+    ModelConfig(dropout=0.99)
+    ModelConfig(dropout=None)
+
+
+@pytest.mark.parametrize("split,n_rows,message", [
+    ("random", 3, "3 examples after cleaning ({'legitimate': 2, 'phishing': 1}) are too few for the random split"),
+    ("domain", 3, "3 examples after cleaning ({'legitimate': 2, 'phishing': 1}) are too few for the domain split"),
+    ("domain", 30, "needs at least 20 of each class"),
+])
+def test_a_training_set_too_small_to_split_says_how_many_rows_and_how_many_are_needed(tmp_path, split, n_rows, message):
+    from kd.data.sources import DataError
+    from kd.data.splits import DataConfig, build_splits
+
+    csv = write_csv(tmp_path / "urls.csv", make_url_rows(n_rows))
+    with pytest.raises(DataError, match="at least 20") as raised:
+        build_splits(DataConfig(sources=[str(csv)], split=split))
+    assert message in str(raised.value)
+
+
+def test_twenty_of_each_class_split_by_domain(tmp_path):
+    from kd.data.splits import DataConfig, build_splits
+
+    csv = write_csv(tmp_path / "urls.csv", make_url_rows(40))
+    assert len(build_splits(DataConfig(sources=[str(csv)], split="domain")).train) > 0
+
+
+def test_a_batch_above_the_training_split_stops_before_a_model_is_built(tmp_path, capsys, monkeypatch):
+    import train_teacher
+    from conftest import save_tiny_classifier
+
+    model = save_tiny_classifier(tmp_path / "model")
+    csv = write_csv(tmp_path / "urls.csv", make_url_rows(60))
+    monkeypatch.setattr(train_teacher, "build_classifier", lambda *a, **k: pytest.fail("a model was built"))
+    argv = ["--set", f"model.name_or_path={model}", "--set", f"data.sources=[{csv}]", "--set", "data.split=random",
+            "--set", "train.batch_size=1000000000000", "--set", f"out_dir={tmp_path / 'out'}"]
+    capsys.readouterr()  # the model's saving progress bar
+    status = run_cli(train_teacher.main, argv, prog="train_teacher.py")
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert "train.batch_size (1000000000000) is larger than the training split (" in err
+    assert not (tmp_path / "out" / "config.yaml").exists()
+
+
+def test_a_student_batch_above_the_training_split_stops_before_the_teacher_is_loaded(tiny_teacher_run, capsys, monkeypatch):
+    import train_student
+    from conftest import student_overrides
+
+    monkeypatch.setattr(train_student, "load_frozen_classifier", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    argv = [arg for item in student_overrides(tiny_teacher_run, "big-batch", "train.batch_size=100000")
+            for arg in ("--set", item)]
+    status = run_cli(train_student.main, argv, prog="train_student.py")
+    err = capsys.readouterr().err
+    assert status == 2 and "train.batch_size (100000) is larger than the training split (" in err, err

@@ -60,6 +60,12 @@ class ModelConfig:
     pretrained: bool = True
     """Load pretrained weights (False: random initialisation from the config)."""
 
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise ValueError(f"model.max_length must be >= 1, got {self.max_length}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1) (or null: keep the model's), got {self.dropout}")
+
 
 @dataclass
 class RunConfig:
@@ -116,7 +122,7 @@ def _coerce(value, hint, key: str):
         if float(value) != int(float(value)):
             raise ValueError(value)
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise ValueError(f"{key} must be {scalar.__name__}, got {value!r}") from None
 
 
