@@ -82,13 +82,13 @@ def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -
     out_dir = Path(cfg.out_dir)
     amp = autocast_dtype(cfg.train.precision, device)
 
+    teacher = load_frozen_classifier(cfg.teacher, device)
+    teacher_tokenizer = load_tokenizer(cfg.teacher)
     splits = build_splits(cfg.data)
     transfer = transfer_examples(cfg, splits, log)
     log(splits.report.summary())
     train_examples = Examples(splits.train.urls + transfer.urls, splits.train.labels + transfer.labels)
     check_batch_fits(cfg.train, len(train_examples))
-    teacher = load_frozen_classifier(cfg.teacher, device)
-    teacher_tokenizer = load_tokenizer(cfg.teacher)
     student = prepare_student(cfg, teacher, teacher_tokenizer, train_examples.urls, log)
     model = student.model.to(device)
     tokenized = {name: tokenize(ex, student.tokenizer, cfg.model.max_length) for name, ex in splits.all_sets().items()}

@@ -137,11 +137,11 @@ def test_a_batch_above_the_training_split_stops_before_a_model_is_built(tmp_path
     assert not (tmp_path / "out" / "config.yaml").exists()
 
 
-def test_a_student_batch_above_the_training_split_stops_before_the_teacher_is_loaded(tiny_teacher_run, capsys, monkeypatch):
+def test_a_student_batch_above_the_training_split_stops_before_the_student_is_built(tiny_teacher_run, capsys, monkeypatch):
     import train_student
     from conftest import student_overrides
 
-    monkeypatch.setattr(train_student, "load_frozen_classifier", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    monkeypatch.setattr(train_student, "prepare_student", lambda *a, **k: pytest.fail("a student was built"))
     argv = [arg for item in student_overrides(tiny_teacher_run, "big-batch", "train.batch_size=100000")
             for arg in ("--set", item)]
     status = run_cli(train_student.main, argv, prog="train_student.py")
