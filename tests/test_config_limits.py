@@ -147,3 +147,49 @@ def test_a_student_batch_above_the_training_split_stops_before_the_student_is_bu
     status = run_cli(train_student.main, argv, prog="train_student.py")
     err = capsys.readouterr().err
     assert status == 2 and "train.batch_size (100000) is larger than the training split (" in err, err
+
+
+def evaluate_data_config(model_dir, *argv):
+    """:func:`kd.evaluate.data_config_for` on ``model_dir`` with these data options."""
+    import argparse
+
+    from kd.evaluate import add_data_arguments, data_config_for
+
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    return data_config_for(model_dir, parser.parse_args(list(argv)))
+
+
+def checkpoint_with_data_spec(folder, data: dict):
+    folder.mkdir()
+    (folder / "run_info.json").write_text(json.dumps({"config": {"data": data}}))
+    return folder
+
+
+def test_evaluate_set_overrides_single_fields_of_the_checkpoints_data_spec(tmp_path, capsys):
+    saved = {"sources": ["a.csv", "b.csv"], "split": "random", "seed": 3, "fractions": [0.6, 0.2, 0.2],
+             "test_sets": {"other": ["c.csv"]}}
+    model = checkpoint_with_data_spec(tmp_path / "best", saved)
+    cfg = evaluate_data_config(model, "--set", "data.max_test_examples=10000")
+    assert (cfg.sources, cfg.split, cfg.seed, cfg.fractions) == (["a.csv", "b.csv"], "random", 3, [0.6, 0.2, 0.2])
+    assert cfg.test_sets == {"other": ["c.csv"]} and cfg.max_test_examples == 10000
+    out = capsys.readouterr().out
+    assert f"data spec ({model / 'run_info.json'} with --set data.max_test_examples=10000): " in out
+    assert '"sources": ["a.csv", "b.csv"]' in out
+
+
+def test_evaluate_config_and_source_replace_the_checkpoints_data_spec(tmp_path):
+    model = checkpoint_with_data_spec(tmp_path / "best", {"sources": ["a.csv"], "split": "random", "seed": 3})
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("data:\n  sources: [p.csv]\n")
+    from_preset = evaluate_data_config(model, "--config", str(preset), "--set", "data.seed=5")
+    assert (from_preset.sources, from_preset.split, from_preset.seed) == (["p.csv"], "domain", 5)
+    from_source = evaluate_data_config(model, "--source", "s.csv")
+    assert [s["path"] for s in from_source.sources] == ["s.csv"] and (from_source.split, from_source.seed) == ("random", 3)
+
+
+def test_evaluate_without_a_saved_spec_needs_one_on_the_command_line(tmp_path):
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(UsageError, match="has no run_info.json"):
+        evaluate_data_config(tmp_path / "bare")
+    assert evaluate_data_config(tmp_path / "bare", "--set", "data.split=random").sources == RunConfig().data.sources

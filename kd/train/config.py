@@ -144,13 +144,14 @@ def teacher_data_section(teacher: str | Path | None) -> dict:
     return json.loads(info_file.read_text())["config"]["data"]
 
 
-def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()):
+def load_config(cls, preset: str | Path | None = None, overrides: list[str] = (), data_base: dict | None = None):
     """Build ``cls`` (e.g. :class:`RunConfig`) from a YAML preset and ``key=value`` overrides.
 
-    A config with a ``teacher`` field (a student's) starts its ``data`` section
-    from the teacher's (:func:`teacher_data_section`, the same split, so that no
-    test URL was seen by the teacher); the preset's and the overrides' ``data``
-    keys replace single fields of it.
+    The ``data`` section starts from ``data_base`` (a saved run's, as kd.evaluate
+    rebuilds a checkpoint's split) or, for a config with a ``teacher`` field (a
+    student's), from the teacher's (:func:`teacher_data_section`, the same split,
+    so that no test URL was seen by the teacher); the preset's and the overrides'
+    ``data`` keys replace single fields of it.
     """
     tree: dict = {}
     if preset is not None:
@@ -168,11 +169,13 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()
         if not eq:
             raise ValueError(f"override {item!r} is not key=value (e.g. train.lr=3e-5)")
         set_dotted(tree, key.strip(), read_yaml(value, f"--set {item}"))
-    if "teacher" in {f.name for f in dataclasses.fields(cls)}:
+    if data_base is None and "teacher" in {f.name for f in dataclasses.fields(cls)}:
+        data_base = teacher_data_section(tree.get("teacher", cls().teacher))
+    if data_base:
         own = tree.get("data", {})
         if not isinstance(own, dict):
             raise ValueError(f"data must be a mapping, got {type(own).__name__}")
-        tree["data"] = {**teacher_data_section(tree.get("teacher", cls().teacher)), **own}
+        tree["data"] = {**data_base, **own}
     return _build(cls, tree, "")
 
 
