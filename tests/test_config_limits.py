@@ -25,7 +25,7 @@ def test_read_yaml_refuses_anchors_and_aliases(text):
 
 
 def test_read_yaml_refuses_a_python_tag():
-    with pytest.raises(UsageError, match="bomb.yaml is not a plain YAML config"):
+    with pytest.raises(UsageError, match="^bomb.yaml, line 1, column 4: could not determine a constructor for the tag"):
         read_yaml("a: !!python/object/apply:os.system ['true']\n", "bomb.yaml")
 
 

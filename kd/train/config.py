@@ -38,13 +38,17 @@ def read_yaml(text: str, where: str) -> Any:
     """Parse YAML ``text`` (from ``where``: a file or an option, for the message) the one
     way the project reads YAML: safe tags only, no anchors or aliases.
 
-    Raises :class:`UsageError` (one line at the command line) on any YAML error,
-    including a ``!!python/...`` tag.
+    Raises :class:`UsageError` (one line at the command line: where, line,
+    column, problem) on any YAML error, including a ``!!python/...`` tag.
     """
     try:
         return yaml.load(text, Loader=_PlainYamlLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{where}{at}: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
-        raise UsageError(f"{where} is not a plain YAML config: {' '.join(str(err).split())}") from None
+        raise UsageError(f"{where}: {' '.join(str(err).split())}") from None
 
 
 @dataclass
