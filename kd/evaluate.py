@@ -6,8 +6,8 @@
 By default the data spec is the one the checkpoint was trained with (from its
 run_info.json), so the same split is rebuilt exactly; ``--set data.KEY=VALUE``
 changes single fields of it, ``--config`` replaces it with a preset's and
-``--source`` replaces its sources. The spec used is printed. The threshold maximises F1 on the validation split
-and is applied unchanged to every test set. URLs are scored in the model's
+``--source`` replaces its sources. The spec used is printed. The threshold
+maximises F1 on the validation split and is applied unchanged to every test set. URLs are scored in the model's
 recorded scoring precision (``scoring_precision`` in its metrics.json, as
 training, quantize.py and kd.predict do; without one, as loaded). Writes OUT/eval.json and
 OUT/roc.png (OUT defaults to the model folder's parent run / eval-<name>).

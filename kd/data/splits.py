@@ -51,10 +51,10 @@ class DataConfig:
         if self.split not in ("domain", "random"):
             raise DataError(f"data.split must be 'domain' or 'random', not {self.split!r}")
         fractions = tuple(float(f) for f in self.fractions)
-        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6 or fractions[0] == 0 or fractions[1] == 0:
-            raise DataError(f"data.fractions must be 3 non-negative numbers summing to 1 with train, validation > 0: {self.fractions}")
         if not all(math.isfinite(f) for f in fractions):
             raise DataError(f"data.fractions must be finite numbers: {self.fractions}")
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6 or fractions[0] == 0 or fractions[1] == 0:
+            raise DataError(f"data.fractions must be 3 non-negative numbers summing to 1 with train, validation > 0: {self.fractions}")
         self.fractions = list(fractions)
         if not 0 <= self.seed < 2**32:
             raise DataError(f"data.seed must be in [0, 2**32) (NumPy's seed range), got {self.seed}")
