@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import save_model
 
 from kd.data.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction, split_batch, token_counts
+from kd.errors import UsageError
 from kd.train.checkpoint import (
     STATE_DIR,
     load_trainer_state,
@@ -124,10 +125,20 @@ class TrainConfig:
             "patience": (self.patience >= 0, ">= 0 (0: never stop early)"),
             "log_every": (self.log_every >= 1, ">= 1"),
             "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
+            "seed": (0 <= self.seed < 2**32, "in [0, 2**32) (NumPy's seed range)"),
         }
         for key, (ok, expected) in checks.items():
             if not ok:
                 raise ValueError(f"train.{key} must be {expected}, got {getattr(self, key)}")
+
+
+def check_batch_fits(cfg: TrainConfig, n_train: int) -> None:
+    """Refuse a ``train.batch_size`` above the ``n_train`` training examples: every
+    epoch would be one smaller batch, so the run would not train with the batch
+    it records. Recipes call it right after the split, before a model is built."""
+    if cfg.batch_size > n_train:
+        raise UsageError(f"train.batch_size ({cfg.batch_size}) is larger than the training split ({n_train} examples); "
+                         f"use a smaller batch or more data")
 
 
 @dataclass
