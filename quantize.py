@@ -38,6 +38,7 @@ import torch
 from kd.argtypes import positive_int, token_length
 from kd.data.splits import build_splits
 from kd.errors import UsageError, run_cli, usage_errors
+from kd.eval.inference import check_max_length
 from kd.eval.variants import (
     STUDENT_BASE_PRECISIONS,
     TEACHER_PRECISIONS,
@@ -54,7 +55,6 @@ from kd.evaluate import add_data_arguments, data_config_for
 from kd.eval.report import write_json
 from kd.train.outputs import check_apart, publish_folder
 from kd.train.runinfo import device_description, library_versions
-from models.paths import resolve_model_path
 from models.quantized import QUANTIZED_PRECISIONS
 
 
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
     student = Path(args.student)
     check_apart(args.out, "--out", {"--student": args.student, "--teacher": args.teacher})
     for folder in (student, *([Path(args.teacher)] if args.teacher else [])):
-        resolve_model_path(str(folder))  # no such folder, custom code: say so before the data is read
+        check_max_length(folder, args.max_length)  # no such folder, custom code, too long: say so before the data is read
     with usage_errors():
         data_cfg = data_config_for(student, args)
     splits = build_splits(data_cfg)

@@ -55,7 +55,7 @@ from kd.train.generative import (
     make_adapter_saver,
     run_splits,
 )
-from kd.train.loop import autocast_dtype, train
+from kd.train.loop import autocast_dtype, check_batch_fits, train
 from kd.train.loss_fns import distillation_loss, qlora_loss
 from kd.train.run import finish_run, make_saver, run_info, set_seed, setup_process, start_run
 from kd.train.runinfo import claim_run_folder, resolved_config
@@ -88,6 +88,7 @@ def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -
     transfer = transfer_examples(cfg, splits, log)
     log(splits.report.summary())
     train_examples = Examples(splits.train.urls + transfer.urls, splits.train.labels + transfer.labels)
+    check_batch_fits(cfg.train, len(train_examples))
     student = prepare_student(cfg, teacher, teacher_tokenizer, train_examples.urls, log)
     model = student.model.to(device)
     tokenized = {name: tokenize(ex, student.tokenizer, cfg.model.max_length) for name, ex in splits.all_sets().items()}
@@ -135,6 +136,7 @@ def distill_generative(cfg: QLoRARunConfig, resume: bool = False, on_step=None) 
     amp = autocast_dtype(cfg.train.precision, device)
     splits = run_splits(cfg)
     print(splits.report.summary())
+    check_batch_fits(cfg.train, len(splits.train))
 
     s = cfg.student
     lm, tokenizer = load_qlora_student(

@@ -23,7 +23,7 @@ from kd.eval.measure import parameter_count
 from kd.eval.scoring import make_validator
 from kd.train.config import RunConfig
 from kd.train.distributed import barrier, close_distributed
-from kd.train.loop import autocast_dtype, train
+from kd.train.loop import autocast_dtype, check_batch_fits, train
 from kd.train.loss_fns import cross_entropy_sum
 from kd.train.run import finish_run, make_saver, run_info, setup_process, start_run
 from kd.train.runinfo import claim_run_folder, resolved_config
@@ -38,6 +38,7 @@ def run(cfg: RunConfig, resume: bool = False, on_step=None) -> dict:
     out_dir = Path(cfg.out_dir)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     splits, tokenized = prepare_data(cfg.data, tokenizer, cfg.model.max_length, log)
+    check_batch_fits(cfg.train, len(splits.train))
     if dist_info.is_main and not resume:
         start_run(cfg, out_dir, splits)
     barrier(dist_info)

@@ -32,11 +32,18 @@ for alias, folder, tokenizer in (("packaged:minilm", ".gpu/encoder", load_tokeni
     tokenizer(alias).save_pretrained(folder)
 PYTHON
     cp -r "${KD_DATA_DIR:-../shared/data}/hannousse" $ASSETS/data/
-    # Not in the CUDA image: bitsandbytes and tldextract's own needs (CPython 3.12 there).
+    # Not in the CUDA image: bitsandbytes and tldextract's own needs (CPython 3.12 there). bitsandbytes
+    # is pinned to the release the CPU suite passes with; 0.50.2 ships the CUDA 13.0 library the image needs.
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d $ASSETS/wheels bitsandbytes tldextract requests-file
+        -d $ASSETS/wheels bitsandbytes==0.50.2 tldextract requests-file
     du -sh $ASSETS
+    # The device tool carries at most 64 MiB in all (the working tree included).
+    kib=$(du -sk $ASSETS | cut -f1)
+    if [ "$kib" -gt $((64 * 1024)) ]; then
+        echo "$0: error: $ASSETS is $((kib / 1024)) MiB, over the 64 MiB the device tool carries" >&2
+        exit 1
+    fi
     ;;
 run)
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $ASSETS/wheels/*.whl

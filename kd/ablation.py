@@ -58,7 +58,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from kd.cli import run_recipe
 from kd.errors import UsageError, run_cli, usage_errors
@@ -66,7 +65,7 @@ from kd.eval.inference import scoring_model
 from kd.eval.measure import measure_latency
 from kd.eval.report import markdown_table, write_csv
 from kd.train.checkpoint import STATE_DIR
-from kd.train.config import load_config, save_config
+from kd.train.config import load_config, read_yaml, save_config
 from models.quantized import load_classifier
 
 METRICS = ("f1", "roc_auc", "tpr_at_1pct_fpr", "accuracy")
@@ -279,7 +278,7 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
 
     with usage_errors():  # every cell's configuration is checked before the first one trains
-        spec = yaml.safe_load(Path(args.grid).read_text())
+        spec = read_yaml(Path(args.grid).read_text(), args.grid)
         if not isinstance(spec, dict) or "grid" not in spec:
             raise UsageError(f"{args.grid} has no 'grid' section (see python -m kd.ablation --help)")
         unknown = set(spec) - {"recipe", "base", "set", "out_dir", "grid"}

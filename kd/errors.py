@@ -9,7 +9,9 @@ instead. A full, read-only or failing disk, or a missing permission (an
 raised) prints one line too and exits with status 1. Anything else is a bug
 and keeps its traceback (status 1). A recipe
 that a command runs as a process of its own (kd.demo, kd.ablation) and that
-fails is a :class:`RecipeFailed`: one line, and the recipe's own status.
+fails is a :class:`RecipeFailed`: one line, and the recipe's own status. An
+input or output that cannot be read or written (a full or read-only disk) is
+an :class:`OutputFailed`: one line, status 1.
 
 What counts as the user's mistake, exactly:
 
@@ -45,6 +47,12 @@ class UsageError(ValueError):
 
 
 USER_ERRORS = (UsageError, DataError, ModelFolderError)
+
+
+class OutputFailed(Exception):
+    """An input or output could not be read or written (a full or read-only disk):
+    not the user's mistake in what they typed, so status 1, but one line, saying
+    what happened to the outputs."""
 
 
 class RecipeFailed(Exception):
@@ -96,7 +104,8 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     A user error (:data:`USER_ERRORS`) prints ``PROG: error: MESSAGE`` on one
     line and returns 2, unless ``--debug`` was given: then it propagates with
     its traceback. :class:`RecipeFailed` prints one line and returns the
-    recipe's status. An I/O fault (:func:`io_fault`) prints one line and returns 1.
+    recipe's status; :class:`OutputFailed` one line and 1 (its traceback with
+    ``--debug``). An I/O fault (:func:`io_fault`) prints one line and returns 1.
     ``main`` returning an int returns it; anything else is 0.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -114,6 +123,11 @@ def run_cli(main: Callable[[list[str]], object], argv: Sequence[str] | None = No
     except RecipeFailed as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_status
+    except OutputFailed as err:
+        if debug:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return IO_STATUS
     except Exception as err:
         fault = io_fault(err)
         if fault is None or debug:

@@ -4,9 +4,10 @@
     python -m kd.evaluate --model runs/student/best --test-source iscx=iscx_url2016/phishing_dataset.csv:label=phishing
 
 By default the data spec is the one the checkpoint was trained with (from its
-run_info.json), so the same split is rebuilt exactly; ``--config`` / ``--set``
-/ ``--source`` replace it. The threshold maximises F1 on the validation split
-and is applied unchanged to every test set. URLs are scored in the model's
+run_info.json), so the same split is rebuilt exactly; ``--set data.KEY=VALUE``
+changes single fields of it, ``--config`` replaces it with a preset's and
+``--source`` replaces its sources. The spec used is printed. The threshold
+maximises F1 on the validation split and is applied unchanged to every test set. URLs are scored in the model's
 recorded scoring precision (``scoring_precision`` in its metrics.json, as
 training, quantize.py and kd.predict do; without one, as loaded). Writes OUT/eval.json and
 OUT/roc.png (OUT defaults to the model folder's parent run / eval-<name>).
@@ -14,6 +15,7 @@ OUT/roc.png (OUT defaults to the model folder's parent run / eval-<name>).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,10 +25,10 @@ from kd.data.batching import prepare_data
 from kd.data.sources import SourceSpec
 from kd.data.splits import DataConfig
 from kd.errors import UsageError, run_cli, usage_errors
-from kd.eval.inference import scoring_model
+from kd.eval.inference import check_max_length, scoring_model
 from kd.eval.report import format_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
-from kd.train.config import RunConfig, _build, load_config
+from kd.train.config import RunConfig, load_config, teacher_data_section
 from kd.train.outputs import check_apart
 
 
@@ -40,14 +42,23 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def data_config_for(model_dir: Path, args) -> DataConfig:
-    """The checkpoint's own data spec unless the command line gives another."""
-    if args.config or args.set:
-        cfg = load_config(RunConfig, args.config, args.set).data
+    """The data spec to score ``model_dir`` on, printed with where it came from.
+
+    ``--config`` gives a preset's data section; otherwise the checkpoint's own
+    (its ``run_info.json``), so that its split is rebuilt and no training URL
+    is scored. ``--set`` overrides single fields of either; ``--source``,
+    ``--test-source`` and ``--data-dir`` apply last.
+    """
+    if args.config:
+        cfg, origin = load_config(RunConfig, args.config, args.set).data, f"the data section of {args.config}"
     else:
-        info_path = model_dir / "run_info.json"
-        if not info_path.is_file():
+        saved = teacher_data_section(model_dir)
+        if not saved and not (args.set or args.source):
             raise UsageError(f"{model_dir} has no run_info.json: name the data with --config / --set / --source")
-        cfg = _build(DataConfig, json.loads(info_path.read_text())["config"]["data"], "data")
+        cfg = load_config(RunConfig, None, args.set, data_base=saved).data
+        origin = f"{model_dir / 'run_info.json'}" if saved else "the default data section"
+    if args.set:
+        origin += f" with --set {' '.join(args.set)}"
     if args.data_dir:
         cfg.data_dir = args.data_dir
     if args.source:
@@ -57,6 +68,7 @@ def data_config_for(model_dir: Path, args) -> DataConfig:
         if not eq:
             raise UsageError(f"--test-source takes NAME=PATH[:k=v,...], got {item!r}")
         cfg.test_sets.setdefault(name, []).append(SourceSpec.parse(spec).__dict__)
+    print(f"data spec ({origin}): {json.dumps(dataclasses.asdict(cfg))}")
     return cfg
 
 
@@ -76,6 +88,7 @@ def main(argv=None) -> dict:
     check_apart(out, "--out", {"--model": model_dir})
     with usage_errors():
         data_cfg = data_config_for(model_dir, args)
+    check_max_length(model_dir, args.max_length)
     model, tokenizer = load_classifier(model_dir)
     _, scoring, _ = saved_scoring(model_dir, default_precision=saved_precision(model_dir))
     _, tokenized = prepare_data(data_cfg, tokenizer, args.max_length)

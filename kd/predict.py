@@ -10,20 +10,29 @@ windows of rows, each scored in length-sorted batches with the input order
 restored; every input row ends up either in the scores or in the rejects file.
 Under ``torchrun --nproc_per_node N`` the windows are shared out among the N
 processes and rank 0 joins their parts in input order.
+
+Analysts open the CSVs in spreadsheets: a text field that starts like a formula
+(``=cmd|' /C calc'!A0``, ``+HYPERLINK(...)``) gets a ``'`` in front
+(:func:`spreadsheet_safe`); removing one leading ``'`` gives the URL back.
 """
 from __future__ import annotations
 
 import argparse
 import codecs
 import csv
+import gzip
 import heapq
+import io
 import itertools
 import json
 import os
+import shutil
+import stat
 import sys
-import tempfile
+import uuid
+import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +40,10 @@ import torch
 
 from kd.argtypes import positive_int, probability, token_length
 from kd.data.batching import windows
-from kd.errors import UsageError, run_cli
-from kd.eval.inference import predict_proba, scoring_model
+from kd.errors import OutputFailed, UsageError, run_cli
+from kd.eval.inference import check_max_length, predict_proba, scoring_model
 from kd.eval.scoring import saved_scoring, scoring_autocast
-from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line, url_problem
+from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line_of, url_problem
 from kd.data.urls import normalize_url
 from kd.train.distributed import DistInfo, all_reduce_sum, barrier, close_distributed, default_device, init_distributed
 
@@ -248,11 +257,81 @@ def read_rows(lines: Iterable[bytes], fmt: str = "lines", column: str | None = N
         return
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def check_input_file(path: Path) -> None:
+    """Refuse an input that is not a regular file, saying what it is: it is read
+    twice (its format detected, then scored), which a pipe or a terminal cannot be
+    (``--input -`` copies standard input to a file first: :func:`stdin_as_file`)."""
+    if not path.exists():
+        raise InputFormatError(f"no such input file: {path}")
+    mode = path.stat().st_mode
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe (FIFO)", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), None)
+    if kind is not None:
+        raise InputFormatError(f"--input {path} is {kind}, not a file"
+                               + (": write what it gives to a file first" if kind != "a folder" else ""))
+
+
+class _Utf8Lines:
+    """Byte lines in UTF-8 from a text stream (``readline(limit)`` and iteration):
+    what the readers take, whatever the file's own encoding."""
+
+    def __init__(self, text: io.TextIOBase):
+        self.text = text
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.text.readline(limit).encode("utf-8")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (line.encode("utf-8") for line in self.text)
+
+
+@contextmanager
+def open_input(path: Path):
+    """``(lines, raw)``: binary lines of the input as UTF-8, and the file handle
+    underneath (its position measures progress).
+
+    A gzip file (magic bytes ``1f 8b``) is read through gzip; UTF-16 text with a
+    byte-order mark is decoded (a code unit that is not UTF-16 becomes U+FFFD)
+    and re-encoded; anything else is taken as it is (UTF-8, checked line by line).
+    """
+    with open(path, "rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if raw.peek(2)[:2] == GZIP_MAGIC else raw
+        with stream:
+            if stream.peek(2)[:2] in UTF16_BOMS:
+                yield _Utf8Lines(io.TextIOWrapper(stream, encoding="utf-16", errors="replace", newline="\n")), raw
+            else:
+                yield stream, raw
+
+
+def input_head(path: Path) -> bytes | None:
+    """The first non-blank line of the input as :func:`open_input` reads it
+    (:func:`kd.data.sources.first_line`). Raises :class:`InputFormatError` for
+    UTF-16 without a byte-order mark (half its bytes NUL), which would otherwise
+    be read as one reject per line, and for a gzip file that does not decompress."""
+    try:
+        with open_input(path) as (lines, _):
+            head = first_line_of(lines)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise InputFormatError(f"{path} starts like a gzip file but does not decompress ({err})") from None
+    except OSError as err:  # e.g. no permission to read it
+        raise InputFormatError(f"{path}: {err.strerror or err}") from None
+    if head is not None and len(head) >= 2 and 2 * head.count(b"\0") >= len(head):
+        raise InputFormatError(f"{path}: half the bytes of the first line are NUL, as in UTF-16 without a "
+                               "byte-order mark; convert it to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8)")
+    return head
+
+
 def input_format(path: Path, fmt: str, column: str | None) -> str:
     """``fmt`` or, for ``auto``, the format :func:`kd.data.sources.detect_format` finds
-    (the training-data detection); only lines, CSV and JSON lines stream. A CSV
-    header must name the URL column. Raises :class:`InputFormatError`."""
-    head = first_line(path)
+    (the training-data detection) in the first line :func:`input_head` reads; only
+    lines, CSV and JSON lines stream. A CSV header must name the URL column.
+    Raises :class:`InputFormatError`."""
+    head = input_head(path)
     if head is None:
         return "lines"  # nothing but blank lines: each is a reject
     if fmt == "auto":
@@ -296,22 +375,68 @@ def check_paths(input_path: Path, output_path: Path, rejects_path: Path) -> None
             raise InputFormatError(f"{name} {path}: no folder {path.resolve().parent}")
 
 
+def _temp_path(path: Path) -> Path:
+    """A hidden name beside ``path`` that no file has yet (``uuid4``; opened with ``x`` to be sure)."""
+    return path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def _open_temp(path: Path):
+    """A new text file beside ``path`` under a hidden temporary name, with the mode
+    any new file gets under the umask (``mkstemp``'s 0600 would survive the rename)."""
+    return open(_temp_path(path), "x", newline="", encoding="utf-8")
+
+
+@contextmanager
+def stdin_as_file(beside: Path):
+    """Standard input copied to a temporary file beside ``beside`` (the output),
+    removed at the end: the input is read twice (its format detected, then scored),
+    which a pipe cannot be. Raises :class:`OutputFailed` if the copy cannot be written."""
+    if not beside.resolve().parent.is_dir():
+        raise UsageError(f"--output {beside}: no folder {beside.resolve().parent}")
+    copy = _temp_path(beside)
+    try:
+        try:
+            with open(copy, "xb") as out:
+                shutil.copyfileobj(sys.stdin.buffer, out)
+        except OSError as err:
+            raise OutputFailed(f"{err.strerror or err} while copying standard input to {copy}") from err
+        yield copy
+    finally:
+        copy.unlink(missing_ok=True)
+
+
 @contextmanager
 def replace_on_success(*paths: Path):
     """Text handles to temporary files beside ``paths``, renamed onto them only
-    if the block ends without an error (an existing file is never emptied)."""
-    temps = [tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=p.resolve().parent,
-                                         prefix=f".{p.name}.", suffix=".tmp", delete=False) for p in paths]
+    if the block ends without an error and every one of them was written out
+    (closed): all the outputs are replaced, or none is (an existing file is never
+    emptied). The temporaries are removed on every error."""
+    temps = []
     try:
+        for path in paths:
+            temps.append(_open_temp(path))
         yield temps
+        for temp in temps:
+            temp.close()  # a full disk fails here, at the last flush, before any rename
         for temp, path in zip(temps, paths):
-            temp.close()
             os.replace(temp.name, path)
     finally:
         for temp in temps:
-            temp.close()
-            if os.path.exists(temp.name):
-                os.unlink(temp.name)
+            with suppress(OSError):  # the error being raised is the one to report
+                temp.close()
+            Path(temp.name).unlink(missing_ok=True)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet reads a cell that starts with one of these as a formula (OWASP, CSV injection)."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a ``'`` in front if it starts with one of :data:`FORMULA_STARTS`
+    or with ``'`` itself, so that a spreadsheet shows it as text instead of running
+    it, and removing exactly one leading ``'`` from every field that has one gives
+    the text back."""
+    return "'" + text if text.startswith((*FORMULA_STARTS, "'")) else text
 
 
 def score_rows(model, tokenizer, rows: Iterable[Row], scores, rejects, counts: Counts, *, threshold: float,
@@ -335,17 +460,17 @@ def score_rows(model, tokenizer, rows: Iterable[Row], scores, rejects, counts: C
             if reason is None:
                 good.append((row, row.url.strip(), normalized))
             else:
-                rejects.writerow((row.line, reason, row.content))
+                rejects.writerow((row.line, spreadsheet_safe(reason), spreadsheet_safe(row.content)))
                 counts.rejected += 1
         probs = predict_proba(model, tokenizer, [n for _, _, n in good], normalize=False, **predict_kwargs) if good else []
         for (row, url, normalized), p in zip(good, probs):
             if not 0 <= p <= 1:  # NaN too
-                rejects.writerow((row.line, f"the model gave probability {p}", row.content))
+                rejects.writerow((row.line, f"the model gave probability {p}", spreadsheet_safe(row.content)))
                 counts.rejected += 1
                 counts.failed += 1
                 continue
             label = "phishing" if p >= threshold else "legitimate"
-            scores.writerow((row.line, url, normalized, label, float(p)))
+            scores.writerow((row.line, spreadsheet_safe(url), spreadsheet_safe(normalized), label, float(p)))
             counts.scored += 1
 
 
@@ -401,13 +526,13 @@ def score_file(
     show = progress if shard.is_main else False
     kwargs = dict(threshold=threshold, max_chars=max_chars, window=chunk_rows, shard=shard, **predict_kwargs)
     with (
-        input_path.open("rb") as source,
+        open_input(input_path) as (source, raw_file),
         tqdm(total=input_path.stat().st_size, unit="B", unit_scale=True, desc="scoring",
              disable=None if show is None else not show) as bar,
     ):
         def lines():
             for raw in source:
-                bar.update(len(raw))
+                bar.update(raw_file.tell() - bar.n)  # the file's bytes, also when gzip or UTF-16
                 yield raw
 
         rows = read_rows(lines(), fmt, column)
@@ -424,7 +549,9 @@ def score_file(
             with (parts[output_path][shard.rank].open("w", newline="", encoding="utf-8") as out,
                   parts[rejects_path][shard.rank].open("w", newline="", encoding="utf-8") as rej):
                 score_rows(model, tokenizer, rows, csv.writer(out), csv.writer(rej), counts, **kwargs)
-            barrier(shard)
+            # Summed before anything is renamed into place: a collective that fails leaves the outputs
+            # as they were. Every rank has written its parts once it takes part in the sum.
+            total = all_reduce_sum(torch.tensor([counts.read, counts.scored, counts.rejected, counts.failed]), shard)
             if shard.is_main:
                 with replace_on_success(output_path, rejects_path) as (out, rej):
                     join_parts(parts[output_path], out, SCORE_COLUMNS)
@@ -433,7 +560,6 @@ def score_file(
         finally:
             for part in (parts[output_path][shard.rank], parts[rejects_path][shard.rank]):
                 part.unlink(missing_ok=True)
-    total = all_reduce_sum(torch.tensor([counts.read, counts.scored, counts.rejected, counts.failed]), shard)
     return Counts(*total.tolist())
 
 
@@ -470,9 +596,10 @@ label is 'phishing' when probability_phishing >= threshold.""",
         epilog="""\
 rows that cannot be scored are never dropped silently: an empty line, bytes
 that are not valid UTF-8, a URL longer than --max-chars characters, control
-characters (NUL, tab, ...), a null placeholder (null, None, NaN), nothing left
-after normalisation, a CSV row that does not parse, lacks the column or holds
-a quoted field spanning lines, a JSON line that does not parse or holds no URL.
+characters (NUL, tab, bidi and zero-width marks, ...), a null placeholder
+(null, None, NaN), nothing left after normalisation, a CSV row that does not
+parse, lacks the column or holds a quoted field spanning lines, a JSON line
+that does not parse or holds no URL.
 With --input they go to --rejects with their line number (1-based, counting
 blank lines and a CSV header) and the reason; stderr gets a summary of rows
 read / scored / rejected. Scores keep the input order. The file is streamed in
@@ -480,15 +607,23 @@ windows of --chunk-rows rows: each window's URLs are sorted by length into
 batches (little padding) and their scores written back in input order, so
 memory stays bounded however long the file; a progress bar shows on a
 terminal. Both files are
-written under temporary names and renamed into place when the run ends; the
-input, output and rejects must be three different files.
+written under temporary names and renamed into place when the run ends, both
+or neither; the input, output and rejects must be three different files.
+
+spreadsheets: a URL, normalized URL, reason or content that starts with =, +,
+-, @, a tab or a carriage return (which a spreadsheet runs as a formula), or
+with ', is written with a ' in front (OWASP's advice on CSV injection); to get
+the text back, remove one leading ' from every field that starts with one, e.g.
+url[1:] if url.startswith("'") else url.
 
 URLs are scored in the precision recorded with the threshold (scoring_precision
 in MODEL/metrics.json: e.g. bf16 autocast when training evaluated that way).
 
 exit status: 0 when every row was scored or rejected for its content, 1 when
 the model gave a probability outside [0, 1] (NaN) for some row (rejected with
-that reason), 2 for a usage or input-format error (nothing is written).
+that reason) or a file could not be read or written (a full or read-only disk:
+one line, and neither output is replaced), 2 for a usage or input-format error
+(nothing is written).
 
 several processes (CPU cores or GPUs): torchrun --nproc_per_node N -m kd.predict
 --input ... shares the windows out among N processes (one GPU each, when there
@@ -499,6 +634,7 @@ examples:
   python -m kd.predict --model runs/student http://paypal.com.verify.xyz/login
   python -m kd.predict --model runs/student-nf4 --input urls.txt --output scores.csv
   python -m kd.predict --model runs/teacher --input data.csv --column link --output scores.csv
+  grep paypal urls.txt | python -m kd.predict --model runs/student --input - --output scores.csv
   torchrun --nproc_per_node 2 -m kd.predict --model runs/student --input urls.txt --output scores.csv""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -507,7 +643,10 @@ examples:
     parser.add_argument("--model", required=True, metavar="DIR",
                         help="model folder (save_pretrained + tokenizer)")
     parser.add_argument("--input", type=Path, metavar="FILE",
-                        help="file to score: one URL per line, a CSV with a header, or JSON lines (see --format)")
+                        help="file to score, or - for standard input (copied to a temporary file beside "
+                             "--output first, which must then be given): one URL per line, a CSV with a "
+                             "header, or JSON lines (see --format); UTF-8, UTF-16 with a byte-order mark, or "
+                             "either gzip-compressed (detected from the bytes); a regular file, not a pipe")
     parser.add_argument("--output", type=Path, metavar="CSV",
                         help="scores CSV to write (required with --input); columns: "
                              + ", ".join(SCORE_COLUMNS))
@@ -545,9 +684,21 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; the exit status is described in the ``--help`` epilog."""
+    """Run the CLI; the exit status is described in the ``--help`` epilog.
+    ``--input -`` scores a copy of standard input (:func:`stdin_as_file`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if str(args.input) != "-" or args.urls or not args.output:
+        return run(parser, args)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        parser.error("under torchrun give --input FILE (standard input reaches one process only)")
+    with stdin_as_file(args.output) as copy:
+        args.input = copy
+        return run(parser, args)
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """What :func:`main` does with the parsed ``args``."""
     if bool(args.urls) == bool(args.input):
         parser.error("give either URLs or --input FILE (not both)")
     if args.urls and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -555,10 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.input:
         if not args.output:
             parser.error("--input needs --output")
-        if not args.input.is_file():
-            raise UsageError(f"no such input file: {args.input}")
         rejects = args.rejects or args.output.with_suffix(".rejects.csv")
         try:  # before loading the model: a usage error costs nothing and writes nothing
+            check_input_file(args.input)
             check_paths(args.input, args.output, rejects)
             fmt = input_format(args.input, args.fmt, args.column)
         except InputFormatError as err:
@@ -573,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = args.device or (default_device(shard) if shard.enabled else None)
         try:
+            check_max_length(args.model, args.max_length)
             model, tokenizer = load_classifier(args.model, args.precision, device)
             saved = saved_precision(args.model)
         except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
@@ -602,6 +753,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         except InputFormatError as err:  # e.g. the file changed since it was checked
             raise UsageError(str(err)) from err
+        except (OSError, EOFError, zlib.error) as err:  # a full or read-only disk, a failing device, broken gzip
+            what = getattr(err, "strerror", None) or err
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            raise OutputFailed(f"{what}{where} while scoring {args.input} into {args.output} and {rejects}; "
+                               "neither was written or replaced") from err
         if not shard.is_main:
             return 1 if counts.failed else 0
         print(f"read {counts.read} rows: scored {counts.scored} -> {args.output}, "

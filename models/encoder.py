@@ -7,10 +7,39 @@ from pathlib import Path
 
 import torch
 
-from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, resolve_model_path
+from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, check_weights, resolve_model_path
 
 LABEL_NAMES = ("legitimate", "phishing")
 """The classes every classifier here predicts: 0 legitimate, 1 phishing."""
+
+LEGITIMATE_NAMES = frozenset({"legitimate", "legit", "benign", "good", "safe", "0", "label_0"})
+PHISHING_NAMES = frozenset({"phishing", "phish", "malicious", "bad", "1", "label_1"})
+"""Class names (lower case) that :func:`phishing_index` maps; ``LABEL_0`` / ``LABEL_1``
+are transformers' defaults, which this project has always read as 0 legitimate, 1 phishing."""
+
+
+def phishing_index(config, where: str | Path = "the model") -> int:
+    """The logit column of the phishing class, read from ``config.id2label``.
+
+    The model must have two labels, one named as in :data:`LEGITIMATE_NAMES` and
+    the other as in :data:`PHISHING_NAMES` (case-insensitive); anything else is a
+    :class:`ModelFolderError` naming ``id2label``: scoring with a guessed order
+    would invert every verdict without a sign.
+    """
+    id2label = {int(i): str(name) for i, name in (getattr(config, "id2label", None) or {}).items()}
+    if config.num_labels != 2 or sorted(id2label) != [0, 1]:
+        raise ModelFolderError(
+            f"{where} has {config.num_labels} labels (id2label {id2label}); this project scores URLs with "
+            "two-class models (legitimate, phishing): use a classifier trained here or fine-tune one with train_teacher.py"
+        )
+    kinds = ["phishing" if name.lower() in PHISHING_NAMES else "legitimate" if name.lower() in LEGITIMATE_NAMES else None
+             for name in (id2label[0], id2label[1])]
+    if sorted(map(str, kinds)) != ["legitimate", "phishing"]:
+        raise ModelFolderError(
+            f"the labels of {where} (id2label {id2label}) do not say which class is phishing; name them one of "
+            f"{sorted(LEGITIMATE_NAMES)} and one of {sorted(PHISHING_NAMES)} in its config.json"
+        )
+    return kinds.index("phishing")
 
 
 def load_tokenizer(name_or_path: str):
@@ -56,12 +85,21 @@ def build_classifier(name_or_path: str, *, pretrained: bool = True, dropout: flo
 def load_frozen_classifier(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The frozen classifier (a teacher) of checkpoint folder ``path`` on ``device``, in
     eval mode, once the folder (no custom code) and its tokenizer have passed
-    :func:`load_tokenizer`'s checks."""
-    from transformers import AutoModelForSequenceClassification
+    :func:`load_tokenizer`'s checks and its labels are the project's order
+    (:func:`phishing_index` 1)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise ModelFolderError(f"no teacher checkpoint at {folder} (train one with train_teacher.py)")
+    check_weights(folder)
     load_tokenizer(str(folder))
-    model = AutoModelForSequenceClassification.from_pretrained(folder, **NO_REMOTE_CODE)
+    config = AutoConfig.from_pretrained(folder, **NO_REMOTE_CODE)
+    if phishing_index(config, folder) != LABEL_NAMES.index("phishing"):
+        # The student is trained on labels 0 legitimate, 1 phishing and matches the teacher's logits column by column.
+        raise ModelFolderError(
+            f"the teacher {folder} puts phishing in logit column 0 (id2label {config.id2label}); students learn "
+            "column 1 as phishing, so its logits would teach the inverse: use a teacher trained with train_teacher.py"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(folder, config=config, **NO_REMOTE_CODE)
     return model.to(device).eval().requires_grad_(False)

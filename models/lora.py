@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from models.causal_lm import Quantize, load_causal_lm, load_causal_tokenizer
+from models.paths import record_tokenizer
 from models.gguf import SMOLLM_ALIAS
 from models.verbalizer import template_token_ids
 
@@ -145,6 +146,7 @@ def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dt
     """
     model, tokenizer = load_adapters(adapter_dir, device="cpu", quantize="none")
     merged = model.merge_and_unload().to(dtype)
+    record_tokenizer(merged, tokenizer)
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -18,6 +18,7 @@ registered here, encoders in :data:`ENCODER_ALIASES` and causal LMs in
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -214,10 +215,79 @@ def check_model_folder(folder: str | Path) -> None:
             )
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+"""Weight files that ``torch.load`` reads: pickles, which can run code when loaded."""
+
+
+def check_weights(folder: str | Path) -> None:
+    """Refuse a model folder whose weights cannot be read safely, before transformers
+    opens them: weights only as pickles (:data:`PICKLED_WEIGHTS`, e.g. an older
+    ``pytorch_model.bin``: this project reads safetensors only, which cannot run
+    code), no weights at all, or a ``*.safetensors`` that is not a regular file
+    (a link to a device or FIFO) or whose header does not describe the file
+    (truncated, corrupt, or another file such as a link to /etc/passwd)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern))
+        if pickled:
+            raise ModelFolderError(
+                f"{folder} has its weights only as {', '.join(pickled)}: this project loads safetensors only, since "
+                "a pickled weight file can run code when it is loaded; convert it once where you trust it "
+                "(load it and save_pretrained it: transformers writes model.safetensors)"
+            )
+        raise ModelFolderError(f"{folder} has no model.safetensors: it holds no model weights")
+    for file in weights:
+        if not file.is_file():
+            raise ModelFolderError(f"{file} is not a regular file: it cannot be model weights")
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ModelFolderError(f"{file} is not a readable safetensors file ({err}): it is truncated, corrupt "
+                                   "or not model weights; save or copy the model again") from None
+
+
+TOKENIZER_FINGERPRINT = "tokenizer_fingerprint"
+"""The ``config.json`` field where a saved folder records :func:`tokenizer_fingerprint`
+of the tokenizer its weights were trained with."""
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """``sha256:HEX`` over what decides a tokenizer's ids for a text: its vocabulary
+    (``get_vocab()``, added tokens included) as sorted ``(token, id)`` pairs, and,
+    for a tokenizers-backed one, its normalizer, pre-tokenizer and model settings
+    (e.g. BPE merges) in canonical JSON. Padding and truncation, which calls set,
+    are left out: saving the same tokenizer twice gives the same fingerprint."""
+    content: dict = {"vocab": sorted(tokenizer.get_vocab().items())}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        content.update(normalizer=spec.get("normalizer"), pre_tokenizer=spec.get("pre_tokenizer"),
+                       model={k: v for k, v in (spec.get("model") or {}).items() if k != "vocab"})
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def record_tokenizer(model, tokenizer) -> None:
+    """Set ``model.config``'s :data:`TOKENIZER_FINGERPRINT` to ``tokenizer``'s, so that
+    the next ``save_pretrained`` writes it into config.json, where :func:`check_tokenizer`
+    reads it back: call it in every save path, right before ``save_pretrained``."""
+    setattr(model.config, TOKENIZER_FINGERPRINT, tokenizer_fingerprint(tokenizer))
+
+
 def check_tokenizer(tokenizer, config, where: str | Path, causal: bool = False) -> None:
     """Refuse a tokenizer that does not fit the model of ``config``.
 
-    Its vocabulary must fit the ``config.vocab_size`` embedding rows: not
+    When the config records a :data:`TOKENIZER_FINGERPRINT` (every folder this
+    project saves), the tokenizer must have it: a same-size vocabulary from
+    another model, or one permuted, maps URLs to the wrong embedding rows. A
+    folder without one (an older save, a plain Hugging Face folder) has only
+    the checks below.
+
+    Every tokenizer's vocabulary must fit the ``config.vocab_size`` embedding rows: not
     larger (ids past the end) and at least 90 % of them (some models pad the
     matrix to a multiple of 64 or 128 rows; a pruned student has its own
     smaller tokenizer, of exactly its rows). This catches a folder without
@@ -226,6 +296,13 @@ def check_tokenizer(tokenizer, config, where: str | Path, causal: bool = False) 
     special tokens the project uses: pad, unk and cls for an encoder; pad or
     eos for a causal LM.
     """
+    recorded = getattr(config, TOKENIZER_FINGERPRINT, None)
+    if recorded is not None and recorded != tokenizer_fingerprint(tokenizer):
+        raise ModelFolderError(
+            f"the tokenizer of {where} is not the one its weights were saved with (config.json records "
+            f"{TOKENIZER_FINGERPRINT} {recorded}, the tokenizer files give {tokenizer_fingerprint(tokenizer)}): "
+            "they belong to another model or were edited; copy the tokenizer the model was trained with into the folder"
+        )
     rows, size = config.vocab_size, len(tokenizer)
     if size > rows or size < 0.9 * rows:
         raise ModelFolderError(

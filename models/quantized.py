@@ -36,8 +36,10 @@ from torch.ao.quantization import quantize_dynamic
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from models.device import resolve_device
+from models.encoder import phishing_index
 from models.lora import META_FILE as GENERATIVE_META
-from models.paths import NO_REMOTE_CODE, ModelFolderError, check_tokenizer, resolve_model_path
+from models.paths import (NO_REMOTE_CODE, ModelFolderError, check_tokenizer, check_weights, record_tokenizer,
+                          resolve_model_path)
 
 Precision = Literal["fp32", "bf16", "nf4", "fp4", "int8", "dynamic-int8"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -72,17 +74,34 @@ def _bnb_precision(quantization_config: dict, where: str) -> Precision:
     return quantization_config["bnb_4bit_quant_type"]
 
 
+def _check_skip_modules(quantization_config: dict, where: str) -> None:
+    """Refuse a saved bitsandbytes folder whose ``llm_int8_skip_modules`` are not
+    :data:`HEAD_MODULES`, the ones :func:`bnb_config` keeps unquantized: the list
+    says which saved weights are packed and which are plain, so a changed one
+    misreads them (a traceback deep in the loader, or a head quantized on load)."""
+    skipped = quantization_config.get("llm_int8_skip_modules")
+    if sorted(skipped or []) != sorted(HEAD_MODULES):
+        raise ModelFolderError(
+            f"{where} has llm_int8_skip_modules {skipped} in its quantization_config, but this project quantizes "
+            f"everything except {list(HEAD_MODULES)}: the config does not describe its weights; quantize the fp32 "
+            "model again with quantize.py"
+        )
+
+
 def saved_precision(path: str | Path) -> Precision:
     """The precision a checkpoint folder holds: ``nf4`` / ``fp4`` / ``int8``
     from its config's ``quantization_config``, ``dynamic-int8`` from the
-    marker file, else ``bf16`` or ``fp32`` from the config's dtype."""
+    marker file, else ``bf16`` or ``fp32`` from the config's dtype. A
+    bitsandbytes folder whose skip modules were altered is refused."""
     path = resolve_model_path(str(path))
     if (Path(path) / DYNAMIC_INT8_MARKER).is_file():
         return "dynamic-int8"
     config = AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
     quantization_config = getattr(config, "quantization_config", None)
     if quantization_config is not None:
-        return _bnb_precision(quantization_config, path)
+        precision = _bnb_precision(quantization_config, path)
+        _check_skip_modules(quantization_config, path)
+        return precision
     return "bf16" if config.dtype == torch.bfloat16 else "fp32"
 
 
@@ -192,6 +211,8 @@ def load_classifier(
             "kd.eval.inference.class_probabilities (model from models.lora.load_adapters, or AutoModelForCausalLM for "
             "a merged folder, with kd.data.prompts.read_prompt_format(folder))"
         )
+    if Path(path).is_dir():  # a hub id is downloaded as safetensors by transformers itself
+        check_weights(path)
     device = resolve_device(device)
     saved = saved_precision(path)
     precision = saved if precision is None else precision
@@ -202,7 +223,9 @@ def load_classifier(
             f"(precision=None or {saved!r}), not as {precision}: quantize the fp32 checkpoint instead"
         )
     tokenizer = AutoTokenizer.from_pretrained(path, **NO_REMOTE_CODE)
-    check_tokenizer(tokenizer, AutoConfig.from_pretrained(path, **NO_REMOTE_CODE), path)
+    config = AutoConfig.from_pretrained(path, **NO_REMOTE_CODE)
+    check_tokenizer(tokenizer, config, path)
+    phishing_index(config, path)  # labels the scores cannot be read by: refuse before the weights load
     if precision in BNB_PRECISIONS:
         model = _load_bnb(path, precision, device, pre_quantized=saved == precision)
     else:
@@ -246,6 +269,7 @@ def save_quantized(model, tokenizer, out_dir: str | Path, precision: Precision |
             "weights in a form that does not save back faithfully; quantize again with "
             "load_classifier(fp32_folder, precision) and save before the first forward"
         )
+    record_tokenizer(model, tokenizer)
     if actual == "dynamic-int8":
         if not model.name_or_path:
             raise ValueError(

@@ -12,8 +12,12 @@ position (``answer_token_logits``) and along a whole sequence
 (``sequence_logits``) serve token-level KL against a generative teacher with
 the same tokenizer (``check_same_vocabulary``).
 
-Batches are right-padded; every forward passes position ids counted over real
-tokens only, so a row gives the same logits whatever its padding.
+Batches are right-padded, on-policy samples left-padded; every forward passes
+position ids counted over real tokens only, so a row gives the same logits
+whatever its padding. RoPE models (Llama, Qwen2, Mistral) would not need them
+(a left-padded row's positions shift uniformly, and attention sees relative
+positions only); models with absolute position embeddings (GPT-2) do
+(``tests/test_generative.py::test_position_ids_make_left_padding_invisible_to_absolute_position_models``).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 
 import torch
+
+from models.encoder import LABEL_NAMES
 
 DEFAULT_WORDS = (" legitimate", " phishing")
 """Class 0, class 1. Each is one token in SmolLM2's tokenizer (14005, 28420)."""
@@ -167,7 +173,8 @@ class VerbalizerClassifier(torch.nn.Module):
         super().__init__()
         self.lm = lm
         self.token_ids = list(token_ids)
-        self.config = SimpleNamespace(num_labels=len(self.token_ids))
+        # The verbalizer's words are given in LABEL_NAMES order (0 legitimate, 1 phishing).
+        self.config = SimpleNamespace(num_labels=len(self.token_ids), id2label=dict(enumerate(LABEL_NAMES)))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
         logits = answer_token_logits(self.lm, answer_batch(input_ids, attention_mask))

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.paths import record_tokenizer
+
 _TOKEN_ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
 """Config fields that hold a token id and must follow the pruned vocabulary."""
 
@@ -62,6 +64,7 @@ def prune_vocabulary(model: nn.Module, tokenizer, keep_ids: list[int], out_dir: 
     keep = sorted(set(int(i) for i in keep_ids) | set(range(max(pads, default=-1) + 1)))
     tokenizer = _pruned_tokenizer(tokenizer, keep)
     model = _pruned_model(model, keep)
+    record_tokenizer(model, tokenizer)
     if out_dir is not None:
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -252,12 +253,26 @@ def test_rank_rng_states_restore_only_for_the_world_size_that_saved_them(tmp_pat
     assert torch.equal(torch.get_rng_state(), saved["cpu.rank1"])
 
 
-def test_a_single_process_restores_the_device_states_in_device_order_without_the_rank_states():
-    """A torchrun checkpoint also holds ``cuda.rank{r}``; those are not devices of this process."""
-    from kd.train.checkpoint import device_rng_states
+def test_a_single_process_restores_only_its_training_devices_rng_state(tmp_path, monkeypatch):
+    """A run saved with 2 visible GPUs (and by torchrun ranks) resumes in a process with one:
+    only the training device's state is set, never a device that may not exist ("invalid device ordinal")."""
+    from kd.train.checkpoint import restore_rng
 
-    rng = {key: torch.tensor([i]) for i, key in enumerate(["cpu", "cuda.rank0", "cuda.rank1", "cuda10", "cuda2", "cuda0", "cuda1"])}
-    assert [int(t) for t in device_rng_states(rng)] == [5, 6, 4, 3]
+    saved = {key: torch.tensor([i], dtype=torch.uint8)
+             for i, key in enumerate(["cpu.rank0", "cuda.rank0", "cuda.rank1", "cuda0", "cuda1"])}
+    saved["cpu"] = torch.manual_seed(3).get_state()
+    save_file(saved, str(tmp_path / "rng.safetensors"))
+    device_calls, all_calls = [], []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: device_calls.append((int(state), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: all_calls.append(states))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    torch.manual_seed(7)
+    assert restore_rng(tmp_path, torch.device("cuda", 0))
+    assert device_calls == [(3, torch.device("cuda", 0))] and all_calls == []
+    assert torch.equal(torch.get_rng_state(), saved["cpu"])
+    device_calls.clear()
+    assert restore_rng(tmp_path, torch.device("cpu"))  # a CPU run sets no CUDA state
+    assert device_calls == [] and all_calls == []
 
 
 def test_global_batch_must_split_over_ranks_and_micro_batches(tmp_path):
@@ -281,6 +296,44 @@ def test_train_keeps_ranks_identical_and_only_rank_0_writes(ranks):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
     assert (run / "checkpoints" / "step-000003" / "objective.safetensors").is_file()
     assert (run / "train_history.json").is_file()
+
+
+def early_stop_worker(rank: int, port: int, out_dir: str) -> None:
+    """One rank of a run whose validation metric differs between ranks (mixed GPUs, non-deterministic
+    kernels): rank 0's falls from the first evaluation on, rank 1's keeps rising."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=30))  # a rank left waiting fails within 30 s
+    try:
+        scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0] if rank == 0 else [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.0, 1.0])
+        cfg = TrainConfig(epochs=1, batch_size=4, eval_every=1, patience=2, log_every=1, precision="fp32")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            result = train(bert(16, 1, 0), cross_entropy_sum, url_like_set(32), lambda m: {"roc_auc": next(scores)}, cfg,
+                           Path(out_dir) / "run", save=lambda m, f: m.save_pretrained(f), device=torch.device("cpu"),
+                           dist_info=DistInfo(rank, WORLD, rank))
+        outcome = {"steps": result.steps, "best_step": result.best_step, "best_metric": result.best_metric,
+                   "stopped_early": result.stopped_early}
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_whose_validation_metrics_differ_stop_at_the_same_step(tmp_path):
+    """Rank 0 decides: both ranks keep step 1 as best and stop at step 3 (patience 2), and exit; had each
+    rank decided for itself, rank 0 would stop there and leave rank 1 waiting in its next step's all-reduce."""
+    processes = mp.start_processes(early_stop_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False,
+                                   start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not processes.join(timeout=5):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in processes.processes:
+                process.kill()
+            pytest.fail("the ranks hang")
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert outcomes == [{"steps": 3, "best_step": 1, "best_metric": 0.5, "stopped_early": True}] * WORLD
+    assert (tmp_path / "run" / "best").resolve().name == "step-000001"
+    assert (tmp_path / "run" / "last").resolve().name == "step-000003"
 
 
 @pytest.fixture

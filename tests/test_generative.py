@@ -192,6 +192,29 @@ def test_sequence_logits_do_not_depend_on_the_padding_side(tiny_dir, batch):
     torch.testing.assert_close(left_back[real], right[real], atol=1e-4, rtol=1e-4)
 
 
+def test_position_ids_make_left_padding_invisible_to_absolute_position_models():
+    """Pins the position ids of every forward: on-policy samples are left-padded, and a model
+    with learned absolute positions (GPT-2) shifts each row by its padding without them.
+    (For RoPE models, Llama, Qwen2, Mistral, a uniform shift changes nothing: attention sees
+    relative positions only, so no test on them can show the ids.)"""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=0, eos_token_id=0, pad_token_id=0)).eval()
+    rows = [torch.randint(1, 50, (n,)) for n in (7, 4)]
+    width = max(len(r) for r in rows)
+    left_ids = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), r]) for r in rows])
+    left_mask = (left_ids != 0).long()
+    with torch.no_grad():
+        padded = sequence_logits(model, left_ids, left_mask)
+        unnumbered = model(input_ids=left_ids, attention_mask=left_mask).logits.float()
+        for b, row in enumerate(rows):
+            alone = sequence_logits(model, row[None], torch.ones(1, len(row), dtype=torch.long))[0]
+            torch.testing.assert_close(padded[b, width - len(row):], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(unnumbered[1, width - len(rows[1]):], padded[1, width - len(rows[1]):], atol=1e-3)
+
+
 def test_only_lora_trains_and_cross_entropy_falls(trained, tiny_dir):
     model, losses, _ = trained
     assert model.get_base_model().is_loaded_in_4bit
@@ -320,7 +343,7 @@ def test_materialize_packaged_gguf(tmp_path):
     import gguf
     from safetensors import safe_open
 
-    from models.gguf import SMOLLM_ALIAS
+    from models.gguf import HASH_MEMO, SMOLLM_ALIAS
     from models.paths import packaged_gguf
 
     try:
@@ -328,7 +351,7 @@ def test_materialize_packaged_gguf(tmp_path):
     except FileNotFoundError as err:
         pytest.skip(str(err))
     folder = materialize_gguf(path, tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [HASH_MEMO, folder.name]  # no temporary folder left
     assert materialize_gguf(path, tmp_path) == folder  # reused
     assert "quantization_config" not in (folder / "config.json").read_text()
     assert verbalizer_token_ids(load_causal_tokenizer(folder), DEFAULT_WORDS) == [14005, 28420]

@@ -49,9 +49,10 @@ def test_the_gpu_suite_is_bert_base_a_six_layer_student_and_a_360m_llama():
     from models.gguf import resolve_causal_lm
 
     suite = bench.SUITES["gpu"]
+    causal_folder = resolve_causal_lm(suite["causal_model"])  # dequantized on a cold cache: not on meta
     with torch.device("meta"):
         teacher = build_classifier("packaged:minilm", pretrained=False, shape=suite["teacher_shape"])
-        config = AutoConfig.from_pretrained(resolve_causal_lm(suite["causal_model"]))
+        config = AutoConfig.from_pretrained(causal_folder)
         config.update(suite["qlora_shape"])
         llama = AutoModelForCausalLM.from_config(config)
     assert 109e6 < sum(p.numel() for p in teacher.parameters()) < 110e6  # bert-base-uncased: 109.5 M
@@ -63,3 +64,14 @@ def test_the_gpu_suite_is_bert_base_a_six_layer_student_and_a_360m_llama():
 def test_smoke_without_a_suite_is_a_usage_error():
     with pytest.raises(bench.UsageError, match="--suite"):
         bench.parse_args(["--smoke"])
+
+
+def test_prepare_pins_bitsandbytes_and_checks_the_carried_size():
+    """The device image needs the CUDA 13.0 library of bitsandbytes 0.50.2 (the release the CPU suite
+    passes with), and the device tool carries at most 64 MiB: ``prepare`` pins one and checks the other."""
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.sh").read_text()
+    prepare = script[script.index("prepare)"):script.index("run)")]
+    assert "bitsandbytes==0.50.2 " in prepare
+    assert "du -sk $ASSETS" in prepare and "-gt $((64 * 1024))" in prepare and "exit 1" in prepare

@@ -226,3 +226,50 @@ def test_resume_trains_with_the_configured_learning_rate(tmp_path, monkeypatch):
     rates_of(tmp_path / "cut2", TrainConfig(**base, lr=1e-3, max_steps=2), False, tiny_model())
     doubled = rates_of(tmp_path / "cut2", TrainConfig(**base, lr=2e-3), True, tiny_model())
     assert doubled == pytest.approx({k: 2 * whole[k] for k in (3, 4)}, rel=1e-6)
+
+
+class QueuedDeviceClock:
+    """A fake clock and device: each micro-batch takes the host 0.5 s to queue and the device 1 s
+    to run; queued work runs when the device is synchronised (or when evaluation reads results),
+    as CUDA kernels do."""
+
+    def __init__(self):
+        self.now, self.queued, self.micro_batches = 0.0, 0.0, 0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def synchronize(self, device) -> None:
+        self.now, self.queued = self.now + self.queued, 0.0
+
+    def queue(self) -> None:
+        self.micro_batches += 1
+        self.now += 0.5
+        self.queued += 1.0
+
+
+def test_throughput_waits_for_the_device_before_reading_the_clock(tmp_path, monkeypatch):
+    """Step time is charged to the steps, not to the evaluation that would otherwise run their queued kernels."""
+    import types
+
+    import kd.train.loop
+
+    clock = QueuedDeviceClock()
+    monkeypatch.setattr(kd.train.loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(kd.train.loop, "synchronize", clock.synchronize)
+
+    def loss_fn(model, batch):
+        clock.queue()
+        return cross_entropy_sum(model, batch)
+
+    def evaluate(model):  # reading scores waits for the queued work, then takes 100 s itself
+        clock.synchronize(None)
+        clock.now += 100.0
+        return {"roc_auc": 0.5}
+
+    cfg = TrainConfig(epochs=2, batch_size=8, grad_accum=2, eval_every=3, log_every=2, precision="fp32")
+    result = train(tiny_model(), loss_fn, random_set(32), evaluate, cfg, tmp_path, save=lambda m, f: None,
+                   device=torch.device("cpu"))
+    assert clock.micro_batches == 16  # 8 steps of 2, evaluated at steps 3, 4 (epoch end), 6 and 8
+    assert result.throughput["train_step_seconds"] == 16 * (0.5 + 1.0)
+    assert result.throughput["train_samples_per_s"] == 64 / 24

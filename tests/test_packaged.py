@@ -12,7 +12,9 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import os
 import re
+import threading
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +23,8 @@ import pytest
 
 from models import packaged, paths
 from models.packaged import MARKER, PackagedArtifactError, Part, SplitArtifact, locate_parts, materialize
-from models.gguf import resolve_causal_lm
+from models import gguf as gguf_module
+from models.gguf import materialize_gguf, resolve_causal_lm
 from models.paths import (
     MPNET_BASE,
     PACKAGED_GGUF,
@@ -63,6 +66,7 @@ def test_parts_are_joined_in_order_and_verified(tmp_path):
     assert result == tmp_path / "cache" / "tiny" / "model.gguf"
     assert result.read_bytes() == PAYLOAD
     assert json.loads((result.parent / MARKER).read_text()) == {"file": "model.gguf", "bytes": len(PAYLOAD),
+                                                                "mtime_ns": result.stat().st_mtime_ns,
                                                                 "sha256": sha(PAYLOAD)}
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tiny"]  # no temporary left
 
@@ -114,7 +118,7 @@ def test_the_work_is_done_once_then_the_marker_is_read(tmp_path, monkeypatch):
     first = materialize(artifact, tmp_path / "cache", parts)
     for part in parts:  # the parts are not even looked at again
         part.unlink()
-    monkeypatch.setattr(packaged, "_sha256", lambda *a: pytest.fail("hashed again"))
+    monkeypatch.setattr(packaged, "sha256_with_progress", lambda *a: pytest.fail("hashed again"))
     assert materialize(artifact, tmp_path / "cache") == first
 
 
@@ -124,6 +128,95 @@ def test_a_folder_without_a_valid_marker_is_redone(tmp_path):
     result = materialize(artifact, tmp_path / "cache", parts)
     result.write_bytes(PAYLOAD[:-1])  # truncated: the marker's size no longer fits
     assert materialize(artifact, tmp_path / "cache", parts).read_bytes() == PAYLOAD
+
+
+def test_same_size_tampering_of_a_cached_file_is_detected(tmp_path):
+    """The marker records the file's mtime as well as its size: a same-size change is hashed again and redone."""
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    result = materialize(artifact, tmp_path / "cache", parts)
+    before = result.stat().st_mtime_ns
+    result.write_bytes(bytes(len(PAYLOAD)))  # same size, other bytes
+    os.utime(result, ns=(before + 10**9, before + 10**9))  # a later mtime even where the clock is coarse
+    assert materialize(artifact, tmp_path / "cache", parts).read_bytes() == PAYLOAD
+
+
+def test_a_touched_file_with_the_known_hash_is_kept_without_its_parts(tmp_path):
+    """A cache copied without its mtimes (or a marker from before mtimes were recorded) is hashed once
+    again, needs no parts, and gets a marker that fits it."""
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    result = materialize(artifact, tmp_path / "cache", parts)
+    for part in parts:
+        part.unlink()
+    os.utime(result, ns=(10**18, 10**18))
+    assert materialize(artifact, tmp_path / "cache") == result
+    assert json.loads((result.parent / MARKER).read_text())["mtime_ns"] == 10**18
+
+
+def test_a_part_tampered_beyond_the_first_read_chunk_is_refused(tmp_path, monkeypatch):
+    """The hash reads the whole file, not its first chunk: the intact payload of ten chunks is
+    accepted (a hash of the first chunk alone would refuse it), one byte changed in the third is refused."""
+    monkeypatch.setattr(packaged, "_CHUNK", 1024)
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    assert materialize(artifact, tmp_path / "intact", split(PAYLOAD, tmp_path / "parts", 2)).read_bytes() == PAYLOAD
+    tampered = bytearray(PAYLOAD)
+    tampered[2500] ^= 0xFF
+    with pytest.raises(PackagedArtifactError, match=f"not the known {sha(PAYLOAD)}"):
+        materialize(artifact, tmp_path / "cache", split(bytes(tampered), tmp_path / "tampered", 2))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_concurrent_callers_join_once_and_never_delete_a_published_folder(tmp_path, monkeypatch):
+    """Two callers at once (torchrun ranks, ``--shard`` workers): the slow one holds the lock while it
+    joins, the other waits and reads its folder; before the lock both joined, and the slow one deleted
+    the folder the other had published and was reading."""
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    slow_is_joining, fast_is_done = threading.Event(), threading.Event()
+    joins = []
+    join = packaged._join
+
+    def slow_first_join(*args):
+        joins.append(threading.current_thread().name)
+        if len(joins) == 1:
+            slow_is_joining.set()
+            fast_is_done.wait(timeout=1)  # the fast caller, waiting on the lock, never sets it
+        join(*args)
+
+    monkeypatch.setattr(packaged, "_join", slow_first_join)
+    slow = threading.Thread(target=materialize, args=(artifact, tmp_path / "cache", parts), name="slow")
+    slow.start()
+    assert slow_is_joining.wait(timeout=10)
+    fast = materialize(artifact, tmp_path / "cache", parts)
+    inode = fast.stat().st_ino
+    fast_is_done.set()
+    slow.join()
+    assert joins == ["slow"]
+    assert fast.stat().st_ino == inode and fast.read_bytes() == PAYLOAD
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tiny"]
+
+
+def test_a_valid_folder_published_meanwhile_is_kept_and_the_own_copy_dropped(tmp_path, monkeypatch):
+    """A process that published without the lock (another host on a shared cache) wins: its folder is
+    not replaced, and the copy made here is removed."""
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    other = tmp_path / "other-cache"
+    published = materialize(artifact, other, parts).parent
+    inode = (published / "model.gguf").stat().st_ino
+    join = packaged._join
+
+    def join_while_another_publishes(files, folder, artifact):
+        join(files, folder, artifact)
+        os.rename(published, tmp_path / "cache" / "tiny")
+
+    monkeypatch.setattr(packaged, "_join", join_while_another_publishes)
+    result = materialize(artifact, tmp_path / "cache", parts)
+    assert result.stat().st_ino == inode
+    assert result.read_bytes() == PAYLOAD and sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["tiny"]
+    monkeypatch.undo()
+    assert materialize(artifact, tmp_path / "cache").stat().st_ino == inode
 
 
 class FakeDistribution:
@@ -260,3 +353,82 @@ def test_unknown_packaged_names_list_the_encoders_and_the_causal_lms(tmp_path):
             resolve("packaged:qwen")
     with pytest.raises(ModelFolderError, match="is a causal LM .* not an encoder"):
         resolve_model_path("packaged:qwen2.5-coder-0.5b")
+
+
+def fake_dequantize(calls: list):
+    """A stand-in for ``models.gguf._dequantize_into`` that records its calls and writes the folder."""
+    def dequantize(gguf_path, target):
+        calls.append(gguf_path)
+        target.mkdir()
+    return dequantize
+
+
+def test_gguf_files_of_the_same_name_and_size_with_other_bytes_get_their_own_folders(tmp_path, monkeypatch):
+    """The dequantized folder is keyed by the file's SHA-256, not its name and size: a re-exported file
+    at the same path, or another one of the same name elsewhere, is dequantized again."""
+    calls = []
+    monkeypatch.setattr(gguf_module, "_dequantize_into", fake_dequantize(calls))
+    first, second = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for file, data in ((first, PAYLOAD), (second, PAYLOAD[::-1])):
+        file.parent.mkdir()
+        file.write_bytes(data)
+    folder = materialize_gguf(first, tmp_path / "cache")
+    assert folder.name == f"model-{sha(PAYLOAD)[:16]}"
+    assert materialize_gguf(second, tmp_path / "cache") != folder
+    mtime = first.stat().st_mtime_ns
+    first.write_bytes(PAYLOAD[::-1])  # re-exported in place: same path, same size
+    os.utime(first, ns=(mtime + 10**9, mtime + 10**9))
+    assert materialize_gguf(first, tmp_path / "cache") == materialize_gguf(second, tmp_path / "cache") != folder
+    assert calls == [first, second]
+
+
+def test_an_unchanged_gguf_file_is_not_hashed_again(tmp_path, monkeypatch):
+    """The hash is remembered under the file's path, size, mtime and inode: the second use reads none of it."""
+    calls = []
+    monkeypatch.setattr(gguf_module, "_dequantize_into", fake_dequantize(calls))
+    file = tmp_path / "model.gguf"
+    file.write_bytes(PAYLOAD)
+    folder = materialize_gguf(file, tmp_path / "cache")
+    memo = json.loads((tmp_path / "cache" / gguf_module.HASH_MEMO).read_text())
+    assert memo[str(file)]["sha256"] == sha(PAYLOAD)
+    monkeypatch.setattr(gguf_module, "sha256_with_progress", lambda *a: pytest.fail("hashed again"))
+    assert materialize_gguf(file, tmp_path / "cache") == folder and calls == [file]
+
+
+def _materialize_with_a_slow_logged_join(artifact, cache, parts, log: Path, start) -> None:
+    """A worker process: wait for ``start``, then materialize with a join that logs itself and dawdles."""
+    import time
+
+    join = packaged._join
+
+    def slow_join(*args):
+        with open(log, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        time.sleep(0.3)  # long enough for the other worker to arrive while this one joins
+        join(*args)
+
+    packaged._join = slow_join
+    start.wait()
+    materialize(artifact, cache, parts)
+
+
+def test_two_worker_processes_join_once(tmp_path):
+    """``kd.ablation --shard`` workers are processes, not a process group: the cache lock alone makes one of
+    two simultaneous workers join while the other waits and reads its folder."""
+    import multiprocessing
+
+    parts = split(PAYLOAD, tmp_path / "parts", 2)
+    artifact = artifact_for(sha(PAYLOAD), 2)
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    workers = [context.Process(target=_materialize_with_a_slow_logged_join,
+                               args=(artifact, tmp_path / "cache", parts, tmp_path / "joins.log", start))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert len((tmp_path / "joins.log").read_text().split()) == 1
+    assert (tmp_path / "cache" / "tiny" / "model.gguf").read_bytes() == PAYLOAD

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -99,3 +100,53 @@ def test_under_torchrun_rank_zero_fills_the_cache_and_the_others_read_it(tmp_pat
     for r in range(2):
         torch.testing.assert_close(load_file(str(tmp_path / f"rank{r}.safetensors"))["logits"], fake_logits(URLS))
     assert load_file(str(cache))["keys"].tolist() == example_keys(URLS).tolist()
+
+
+def slow_rank_worker(rank: int, port: int, cache: str, out: str) -> None:
+    """One rank of a run whose rank 0 takes 8 s to fill the cache while the ranks wait 3 s
+    (``KD_TEACHER_CACHE_WAIT_MINUTES=0.05``); writes the error each rank got."""
+    from kd.errors import UsageError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      KD_TEACHER_CACHE_WAIT_MINUTES="0.05")
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # what the old barrier waited: no error in 8 s
+    try:
+        def compute(indices: np.ndarray) -> torch.Tensor:
+            time.sleep(8)
+            return fake_logits([URLS[i] for i in indices])
+
+        try:
+            cached_teacher_logits(URLS, Path(cache), compute, log=lambda *a, **k: None)
+            error = None
+        except UsageError as err:
+            error = str(err)
+        Path(f"{out}/rank{rank}.json").write_text(json.dumps(error))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_that_wait_too_long_for_rank_zero_say_which_setting_waits_longer(tmp_path):
+    """The ranks wait in a gloo group of their own with the configured limit, not the training group's
+    (NCCL: 10 minutes, then the watchdog kills them without a Python error)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cache = tmp_path / "t.safetensors"
+    mp.spawn(slow_rank_worker, args=(port, str(cache), str(tmp_path)), nprocs=2, join=True)
+    errors = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for error in errors:  # rank 1 after 3 s; rank 0 when it finds rank 1 gone
+        assert error is not None and "KD_TEACHER_CACHE_WAIT_MINUTES" in error and "(0.05 min)" in error, errors
+    assert load_file(str(cache))["keys"].tolist() == example_keys(URLS).tolist()  # rank 0's work is kept
+
+
+def test_the_cache_wait_must_be_a_positive_number_of_minutes(monkeypatch):
+    from kd.errors import UsageError
+    from kd.train.teacher_cache import cache_wait_timeout
+
+    assert cache_wait_timeout() == timedelta(minutes=60)
+    monkeypatch.setenv("KD_TEACHER_CACHE_WAIT_MINUTES", "90")
+    assert cache_wait_timeout() == timedelta(minutes=90)
+    for bad in ("0", "-1", "nan", "inf", "an hour"):
+        monkeypatch.setenv("KD_TEACHER_CACHE_WAIT_MINUTES", bad)
+        with pytest.raises(UsageError, match="KD_TEACHER_CACHE_WAIT_MINUTES must be a number of minutes > 0"):
+            cache_wait_timeout()

@@ -37,7 +37,7 @@ SKIP_REASONS = {
     "empty_url": "the URL cell is empty, blank or NaN",
     "invalid_utf8": "the row is not valid UTF-8",
     "too_long": "the URL is longer than max_url_chars",
-    "control_characters": "the URL holds a control character (NUL, tab, a line break, ...)",
+    "control_characters": "the URL holds a control character (NUL, tab, a line break, a bidi or zero-width mark)",
     "null_url": "the URL cell is a null placeholder (null, None, NaN), not a URL",
     "missing_label": "the label cell is empty or NaN",
 }
@@ -46,7 +46,13 @@ SKIP_REASONS = {
 NULL_URLS = frozenset({"null", "none", "nan", "nil", "undefined"})
 """Placeholders that exports write for a missing value (compared case-insensitively)."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+"""What no URL holds: ASCII controls (NUL, tab, line breaks, DEL), and the invisible
+marks that make a URL read other than it is: zero-width space / joiners and
+left-to-right / right-to-left marks (U+200B-U+200F), bidi embeddings and
+overrides (U+202A-U+202E), isolates (U+2066-U+2069), the Arabic letter mark
+(U+061C), and U+FEFF anywhere but a file's first bytes (there it is a
+byte-order mark, removed on reading)."""
 
 FILE_FORMATS = ("lines", "csv", "jsonl", "json", "parquet")
 """What :func:`detect_format` tells apart."""
@@ -71,7 +77,7 @@ def url_problem(url: str, max_chars: int) -> str | None:
         return "invalid_utf8"
     if len(url) > max_chars:
         return "too_long"
-    if _CONTROL.search(url):
+    if CONTROL_CHARACTERS.search(url):
         return "control_characters"
     if url.lower() in NULL_URLS:
         return "null_url"
@@ -82,11 +88,16 @@ def first_line(path: Path, limit: int = 1 << 16) -> bytes | None:
     """The first non-blank line of a file (at most ``limit`` bytes, without a
     UTF-8 byte-order mark or line end), or None if the file holds nothing else."""
     with open(path, "rb") as handle:
-        for number, raw in enumerate(iter(lambda: handle.readline(limit), b"")):
-            if number == 0:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            if raw.strip():
-                return raw.rstrip(b"\r\n")
+        return first_line_of(handle, limit)
+
+
+def first_line_of(handle, limit: int = 1 << 16) -> bytes | None:
+    """:func:`first_line` of a binary handle (anything with ``readline(limit)``) at its start."""
+    for number, raw in enumerate(iter(lambda: handle.readline(limit), b"")):
+        if number == 0:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        if raw.strip():
+            return raw.rstrip(b"\r\n")
     return None
 
 

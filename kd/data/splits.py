@@ -12,6 +12,7 @@ the checkpoint records.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +51,13 @@ class DataConfig:
         if self.split not in ("domain", "random"):
             raise DataError(f"data.split must be 'domain' or 'random', not {self.split!r}")
         fractions = tuple(float(f) for f in self.fractions)
+        if not all(math.isfinite(f) for f in fractions):
+            raise DataError(f"data.fractions must be finite numbers: {self.fractions}")
         if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6 or fractions[0] == 0 or fractions[1] == 0:
             raise DataError(f"data.fractions must be 3 non-negative numbers summing to 1 with train, validation > 0: {self.fractions}")
         self.fractions = list(fractions)
+        if not 0 <= self.seed < 2**32:
+            raise DataError(f"data.seed must be in [0, 2**32) (NumPy's seed range), got {self.seed}")
 
     def resolve_data_dir(self) -> None:
         """Set an unset ``data_dir`` to :func:`kd.data.paths.default_data_dir` (so the
@@ -197,6 +202,12 @@ def _split_indices(examples: Examples, cfg: DataConfig) -> dict[str, np.ndarray]
 
     labels = np.asarray(examples.labels)
     n_folds = 20
+    # sklearn's own minimum: a stratified group split needs n_folds members of each class.
+    enough = min(np.bincount(labels, minlength=2)) if cfg.split == "domain" else len(labels)
+    if enough < n_folds:
+        need = "of each class" if cfg.split == "domain" else "in all"
+        raise DataError(f"{len(labels)} examples after cleaning ({examples.class_counts()}) are too few for the "
+                        f"{cfg.split} split, which deals them into {n_folds} folds: it needs at least {n_folds} {need}")
     if cfg.split == "domain":
         groups = np.asarray([registrable_domain(u) for u in examples.urls])
         folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=cfg.seed).split(labels, labels, groups)

@@ -5,6 +5,7 @@ where they become numpy, for the metrics."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from kd.data.batching import TokenizedSet, collate, eval_batches, tokenize
 from kd.data.prompts import PromptFormat, tokenize_prompts
 from kd.data.splits import Examples
 from kd.data.urls import normalize_url
+from kd.errors import UsageError
+from models.encoder import phishing_index
+from models.paths import NO_REMOTE_CODE, resolve_model_path
 from models.verbalizer import VerbalizerClassifier
 
 
@@ -93,6 +97,30 @@ def scoring_model(model: torch.nn.Module, *, compile: bool = False) -> torch.nn.
     return torch.compile(model, dynamic=True, mode="max-autotune-no-cudagraphs")
 
 
+POSITIONS_FROM_PADDING_ID = ("roberta", "xlm-roberta", "camembert", "mpnet")
+"""Model types whose position ids start after the padding id, so that ``pad_token_id + 1``
+rows of the position table are never used by a token."""
+
+
+def check_max_length(model_path: str | Path, max_length: int) -> None:
+    """Refuse ``max_length`` (``--max-length``) above the tokens the model at
+    ``model_path`` can place: ``max_position_embeddings``, less ``pad_token_id + 1``
+    for :data:`POSITIONS_FROM_PADDING_ID`. Longer URLs would index past the
+    position table, an IndexError in the middle of scoring; call it before
+    loading the model or reading data."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model_path(str(model_path)), **NO_REMOTE_CODE)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    if config.model_type in POSITIONS_FROM_PADDING_ID:
+        positions -= config.pad_token_id + 1
+    if max_length > positions:
+        raise UsageError(f"--max-length {max_length} is more than {model_path} can read: its position table "
+                         f"holds {positions} tokens (max_position_embeddings in config.json); give at most {positions}")
+
+
 def predict_logits(
     model: torch.nn.Module,
     tokenizer,
@@ -115,15 +143,22 @@ def predict_logits(
     return predict_tokenized(model, data, batch_size=batch_size, device=device, autocast_dtype=autocast_dtype, progress=progress)
 
 
-def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Probability of the positive class (label 1, phishing) from ``(N, C)`` logits,
-    as the ``(N,)`` numpy array that the metrics (scikit-learn) and the CSV writers read."""
-    return torch.softmax(logits.float(), dim=-1)[:, 1].numpy()
+def probabilities(logits: torch.Tensor, phishing_column: int) -> np.ndarray:
+    """Probability of phishing, ``softmax(logits)[:, phishing_column]``, from ``(N, C)``
+    logits, as the ``(N,)`` numpy array that the metrics (scikit-learn) and the CSV
+    writers read; ``phishing_column`` is the model's :func:`phishing_column`."""
+    return torch.softmax(logits.float(), dim=-1)[:, phishing_column].numpy()
+
+
+def phishing_column(model: torch.nn.Module) -> int:
+    """The logit column of the phishing class of ``model``, from its ``config.id2label``
+    (:func:`models.encoder.phishing_index`)."""
+    return phishing_index(model.config)
 
 
 def predict_proba(model, tokenizer, texts: Sequence[str], **kwargs) -> np.ndarray:
     """Probability of phishing per text, ``(N,)``; keyword arguments as :func:`predict_logits`."""
-    return probabilities(predict_logits(model, tokenizer, texts, **kwargs))
+    return probabilities(predict_logits(model, tokenizer, texts, **kwargs), phishing_column(model))
 
 
 def class_probabilities(

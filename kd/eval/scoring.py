@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from kd.data.batching import TokenizedSet
-from kd.eval.inference import predict_tokenized, probabilities
+from kd.eval.inference import phishing_column, predict_tokenized, probabilities
 from kd.eval.metrics import binary_metrics, choose_threshold, save_roc_png
 
 AUTOCAST_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,7 +53,8 @@ def make_validator(data: TokenizedSet, batch_size: int, amp_dtype):
     tuned afterwards, so F1 at 0.5 would rank checkpoints by the wrong cut)."""
 
     def evaluate(model) -> dict:
-        probs = probabilities(predict_tokenized(model, data, batch_size=batch_size, autocast_dtype=amp_dtype))
+        probs = probabilities(predict_tokenized(model, data, batch_size=batch_size, autocast_dtype=amp_dtype),
+                              phishing_column(model))
         metrics = binary_metrics(data.labels, probs, 0.5)
         metrics.pop("confusion_matrix")
         return metrics
@@ -74,7 +75,8 @@ def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int,
     """
     amp_dtype = scoring_autocast(scoring_precision)
     probs = {
-        name: probabilities(predict_tokenized(model, data, batch_size=batch_size, autocast_dtype=amp_dtype, progress=True))
+        name: probabilities(predict_tokenized(model, data, batch_size=batch_size, autocast_dtype=amp_dtype, progress=True),
+                            phishing_column(model))
         for name, data in tokenized.items()
         if name != "train"
     }

@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -117,19 +116,27 @@ def load_trainer_state(folder: Path, modules: dict[str, torch.nn.Module], optimi
     return state
 
 
-def device_rng_states(rng: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The per-device CUDA states of an ``rng.safetensors`` (``cuda0``, ``cuda1``, ...,
-    ``cuda10``), in device order; not the per-rank ``cuda.rank{r}`` ones."""
-    devices = sorted(int(key[4:]) for key in rng if re.fullmatch(r"cuda\d+", key))
-    return [rng[f"cuda{i}"] for i in devices]
+def device_rng_state(rng: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor | None:
+    """The CUDA state that an ``rng.safetensors`` holds for ``device`` (``cuda{index}``), or None
+    (a CPU device, or a device the saving process did not have).
+
+    Only the training device's state: a run saved with more GPUs visible than
+    the resuming process has also holds states of devices that do not exist
+    now ("invalid device ordinal"), and the per-rank ``cuda.rank{r}`` entries
+    are not devices at all.
+    """
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return rng.get(f"cuda{index}")
 
 
 def restore_rng(folder: Path, device: torch.device, rank: int = 0, world_size: int = 1) -> bool:
     """Set the torch RNG states that :func:`save_trainer_state` saved in ``folder``.
 
-    One process gets the states it saved (True). Under torchrun (``world_size`` > 1)
-    this rank gets its own, if the checkpoint was written by ``world_size`` ranks
-    (True); otherwise nothing changes (False) and the caller reseeds.
+    One process gets the CPU state and its training ``device``'s state it saved (True).
+    Under torchrun (``world_size`` > 1) this rank gets its own, if the checkpoint was
+    written by ``world_size`` ranks (True); otherwise nothing changes (False) and the caller reseeds.
     """
     rng = load_file(str(folder / "rng.safetensors"))
     if world_size > 1:
@@ -140,9 +147,9 @@ def restore_rng(folder: Path, device: torch.device, rank: int = 0, world_size: i
             torch.cuda.set_rng_state(rng[f"cuda.rank{rank}"], device)
         return True
     torch.set_rng_state(rng["cpu"])
-    cuda_states = device_rng_states(rng)
-    if cuda_states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_states)
+    device_state = device_rng_state(rng, device)
+    if device_state is not None:
+        torch.cuda.set_rng_state(device_state, device)
     return True
 
 

@@ -17,7 +17,38 @@ from typing import Any
 import yaml
 
 from kd.data.splits import DataConfig
+from kd.errors import UsageError
 from kd.train.loop import TrainConfig
+
+
+class _PlainYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases: nested aliases expand
+    exponentially (an "alias bomb" of a few lines holds billions of entries), and
+    no config of the project needs them."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.MarkedYAMLError(problem="anchors and aliases (&name, *name) are not allowed; write the values out",
+                                       problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """Parse YAML ``text`` (from ``where``: a file or an option, for the message) the one
+    way the project reads YAML: safe tags only, no anchors or aliases.
+
+    Raises :class:`UsageError` (one line at the command line: where, line,
+    column, problem) on any YAML error, including a ``!!python/...`` tag.
+    """
+    try:
+        return yaml.load(text, Loader=_PlainYamlLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{where}{at}: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{where}: {' '.join(str(err).split())}") from None
 
 
 @dataclass
@@ -32,6 +63,12 @@ class ModelConfig:
     """Override the model's hidden and attention dropout (None: keep the config's)."""
     pretrained: bool = True
     """Load pretrained weights (False: random initialisation from the config)."""
+
+    def __post_init__(self):
+        if self.max_length < 1:
+            raise ValueError(f"model.max_length must be >= 1, got {self.max_length}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1) (or null: keep the model's), got {self.dropout}")
 
 
 @dataclass
@@ -89,7 +126,7 @@ def _coerce(value, hint, key: str):
         if float(value) != int(float(value)):
             raise ValueError(value)
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise ValueError(f"{key} must be {scalar.__name__}, got {value!r}") from None
 
 
@@ -111,13 +148,14 @@ def teacher_data_section(teacher: str | Path | None) -> dict:
     return json.loads(info_file.read_text())["config"]["data"]
 
 
-def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()):
+def load_config(cls, preset: str | Path | None = None, overrides: list[str] = (), data_base: dict | None = None):
     """Build ``cls`` (e.g. :class:`RunConfig`) from a YAML preset and ``key=value`` overrides.
 
-    A config with a ``teacher`` field (a student's) starts its ``data`` section
-    from the teacher's (:func:`teacher_data_section`, the same split, so that no
-    test URL was seen by the teacher); the preset's and the overrides' ``data``
-    keys replace single fields of it.
+    The ``data`` section starts from ``data_base`` (a saved run's, as kd.evaluate
+    rebuilds a checkpoint's split) or, for a config with a ``teacher`` field (a
+    student's), from the teacher's (:func:`teacher_data_section`, the same split,
+    so that no test URL was seen by the teacher); the preset's and the overrides'
+    ``data`` keys replace single fields of it.
     """
     tree: dict = {}
     if preset is not None:
@@ -129,19 +167,28 @@ def load_config(cls, preset: str | Path | None = None, overrides: list[str] = ()
                 known = sorted(p.stem for p in configs.glob("*.yaml"))
                 raise FileNotFoundError(f"no config file {preset!r}; presets in configs/: {known}")
             path = candidate
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(path.read_text(), str(path)) or {}
     for item in overrides:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"override {item!r} is not key=value (e.g. train.lr=3e-5)")
-        set_dotted(tree, key.strip(), yaml.safe_load(value))
-    if "teacher" in {f.name for f in dataclasses.fields(cls)}:
+        set_dotted(tree, key.strip(), read_yaml(value, f"--set {item}"))
+    if data_base is None and "teacher" in {f.name for f in dataclasses.fields(cls)}:
+        data_base = teacher_data_section(tree.get("teacher", cls().teacher))
+    if data_base:
         own = tree.get("data", {})
         if not isinstance(own, dict):
             raise ValueError(f"data must be a mapping, got {type(own).__name__}")
-        tree["data"] = {**teacher_data_section(tree.get("teacher", cls().teacher)), **own}
+        tree["data"] = {**data_base, **own}
     return _build(cls, tree, "")
 
 
+class _PlainYamlDumper(yaml.SafeDumper):
+    """Writes a value seen twice out again rather than as an alias, which :func:`read_yaml` refuses."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def save_config(cfg, path: Path) -> None:
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    path.write_text(yaml.dump(dataclasses.asdict(cfg), Dumper=_PlainYamlDumper, sort_keys=False))

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from kd.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,23 @@ def gather_rng_states(info: DistInfo, device: torch.device) -> dict[str, torch.T
     return gathered
 
 
+def collective_device() -> torch.device:
+    """The device whose tensors the default process group's collectives take:
+    the CPU if a backend serves it (gloo), else this process's GPU (NCCL serves
+    CUDA tensors only, and so does a gloo group registered as ``cuda:gloo``):
+    ``cuda`` is the current device, which :func:`init_distributed` set to the local rank's."""
+    if torch.device("cpu") in dist.group.WORLD._device_types:
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
 def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a tensor over all ranks (identity in a single process)."""
+    """Sum a tensor over all ranks, on the device :func:`collective_device` names;
+    the sum comes back on ``value``'s device (identity in a single process)."""
     if info.enabled:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        summed = value.to(collective_device(), copy=True)
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        value = summed.to(value.device)
     return value
 
 
@@ -91,6 +109,18 @@ def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
         param.grad.copy_(piece.view_as(param))
 
 
+def broadcast_from_main(value: float, info: DistInfo, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (itself in a single process): for what rank 0
+    alone decides, so that every rank acts alike (e.g. the validation metric that picks
+    the best checkpoint and stops early). A collective: every rank calls it. Sent as a
+    float64 tensor on ``device``: NCCL serves CUDA tensors only."""
+    if not info.enabled:
+        return value
+    tensor = torch.tensor(value, dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return tensor.item()
+
+
 def broadcast_parameters(modules: list[torch.nn.Module], info: DistInfo) -> None:
     """Copy rank 0's parameters and buffers of ``modules`` to every rank (what
     DDP does for the model it wraps when it is built). Identity in a single process."""
@@ -100,6 +130,43 @@ def broadcast_parameters(modules: list[torch.nn.Module], info: DistInfo) -> None
         for module in modules:
             for tensor in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(tensor.data, src=0)
+
+
+@contextmanager
+def main_rank_first(timeout: timedelta, what: str, setting: str) -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks, which wait for it for up to
+    ``timeout``; a plain block without a default process group of more than one rank.
+
+    The wait is a barrier in a gloo group of its own (CPU, no tensors) created with
+    ``timeout``: the training group's timeout (NCCL's default: 10 minutes) is too
+    short for long work on rank 0, and a timed-out NCCL barrier is ended by the
+    watchdog without a Python error. A rank whose barrier fails after ``timeout``
+    raises :class:`kd.errors.UsageError` saying that rank 0 took longer than that
+    to do ``what`` and naming ``setting``, the knob that sets ``timeout``.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        yield
+        return
+    began = time.monotonic()
+    group = dist.new_group(backend="gloo", timeout=timeout)
+
+    def wait() -> None:
+        try:
+            dist.barrier(group=group)
+        except RuntimeError as err:
+            if time.monotonic() - began < timeout.total_seconds():
+                raise  # not the wait running out: e.g. a rank failed
+            raise UsageError(f"rank 0 took longer than the other ranks wait ({timeout.total_seconds() / 60:g} min) "
+                             f"to {what}: set {setting} to wait longer") from err
+
+    try:
+        if dist.get_rank() != 0:
+            wait()
+        yield
+        if dist.get_rank() == 0:
+            wait()
+    finally:
+        dist.destroy_process_group(group)
 
 
 def barrier(info: DistInfo) -> None:

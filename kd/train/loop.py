@@ -16,13 +16,17 @@ One optimizer step, top to bottom (:func:`train`):
    model (``extra_modules``, e.g. hidden-state projections) are not wrapped
    in DDP, so their gradients are averaged over ranks explicitly, the same way;
 4. unscale (fp16), clip the gradient norm, optimizer and scheduler step;
-5. every ``eval_every`` steps and at each epoch end: evaluate, keep the best
-   checkpoint by the chosen validation metric, stop early after ``patience``
-   evaluations without improvement, and write ``last`` for ``--resume``.
+5. every ``eval_every`` steps and at each epoch end: evaluate (on rank 0, whose
+   metric every rank takes, so all ranks pick the same best step and stop at the
+   same step), keep the best checkpoint by the chosen validation metric, stop
+   early after ``patience`` evaluations without improvement, and write ``last``
+   for ``--resume``.
 
 Throughput is counted over steps 1-4 only (evaluation and checkpoints left
 out): examples and real (unpadded) input tokens of all ranks per second, and
-the process's peak memory at the end (:attr:`TrainResult.throughput`).
+the process's peak memory at the end (:attr:`TrainResult.throughput`). The
+clock runs over each stretch of steps between evaluations and is read once
+the device has finished their queued kernels.
 
 The teacher is the case "loss_fn = cross-entropy"; a student's loss_fn runs the
 frozen teacher (or reads its cached logits) inside.
@@ -39,6 +43,7 @@ import torch
 from safetensors.torch import save_model
 
 from kd.data.batching import TokenizedSet, collate, length_bucketed_batches, padding_fraction, split_batch, token_counts
+from kd.errors import UsageError
 from kd.train.checkpoint import (
     STATE_DIR,
     load_trainer_state,
@@ -48,9 +53,17 @@ from kd.train.checkpoint import (
     save_trainer_state,
     write_checkpoint,
 )
-from kd.eval.measure import process_peak_memory_mib
+from kd.eval.measure import process_peak_memory_mib, synchronize
 from kd.eval.report import write_json
-from kd.train.distributed import DistInfo, all_reduce_sum, average_gradients, barrier, broadcast_parameters, gather_rng_states
+from kd.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    average_gradients,
+    barrier,
+    broadcast_from_main,
+    broadcast_parameters,
+    gather_rng_states,
+)
 from kd.eval.metrics import SELECTION_METRICS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -112,10 +125,20 @@ class TrainConfig:
             "patience": (self.patience >= 0, ">= 0 (0: never stop early)"),
             "log_every": (self.log_every >= 1, ">= 1"),
             "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
+            "seed": (0 <= self.seed < 2**32, "in [0, 2**32) (NumPy's seed range)"),
         }
         for key, (ok, expected) in checks.items():
             if not ok:
                 raise ValueError(f"train.{key} must be {expected}, got {getattr(self, key)}")
+
+
+def check_batch_fits(cfg: TrainConfig, n_train: int) -> None:
+    """Refuse a ``train.batch_size`` above the ``n_train`` training examples: every
+    epoch would be one smaller batch, so the run would not train with the batch
+    it records. Recipes call it right after the split, before a model is built."""
+    if cfg.batch_size > n_train:
+        raise UsageError(f"train.batch_size ({cfg.batch_size}) is larger than the training split ({n_train} examples); "
+                         f"use a smaller batch or more data")
 
 
 @dataclass
@@ -232,10 +255,18 @@ def forward_backward(
     return all_reduce_sum(total, dist_info) / dist_info.world_size
 
 
-def log_window(writer, progress, window: dict, loss, grad_norm, scheduler, step: int) -> dict:
+def seconds_since(began: float, device: torch.device) -> float:
+    """Seconds from ``began`` (a ``time.perf_counter()`` reading) until the work queued on
+    ``device`` meanwhile is done: CUDA runs kernels after the host queued them, so the
+    clock is read after :func:`kd.eval.measure.synchronize`."""
+    synchronize(device)
+    return time.perf_counter() - began
+
+
+def log_window(writer, progress, window: dict, loss, grad_norm, scheduler, step: int, device: torch.device) -> dict:
     """Log the scalars of the steps since the last log (``window`` counts all ranks'
     examples and tokens); return a fresh window."""
-    elapsed = time.perf_counter() - window["time"]
+    elapsed = seconds_since(window["time"], device)
     rate = window["examples"] / elapsed
     logged = {
         "train/loss": loss.item(),
@@ -361,14 +392,22 @@ def train(
         barrier(dist_info)
 
     def run_evaluation() -> bool:
-        """Evaluate, update best / early stopping, checkpoint; True to stop early."""
-        raw_model.eval()
-        metrics = evaluate(raw_model)
-        raw_model.train()
-        if cfg.metric not in metrics:
-            raise KeyError(f"train.metric {cfg.metric!r} is not among the validation metrics {sorted(metrics)}")
-        value = float(metrics[cfg.metric])
-        state["history"].append({"step": state["step"], "epoch": state["epoch"], **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        """Evaluate, update best / early stopping, checkpoint; True to stop early.
+
+        Rank 0 evaluates and every rank takes its metric: ranks that scored for
+        themselves could differ (mixed GPUs, non-deterministic kernels), and one
+        that stopped alone would leave the others waiting in a collective. The
+        history of the other ranks holds the selection metric only."""
+        metrics = {}
+        if dist_info.is_main:
+            raw_model.eval()
+            metrics = evaluate(raw_model)
+            raw_model.train()
+            if cfg.metric not in metrics:
+                raise KeyError(f"train.metric {cfg.metric!r} is not among the validation metrics {sorted(metrics)}")
+        value = broadcast_from_main(float(metrics.get(cfg.metric, math.nan)), dist_info, device)
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        state["history"].append({"step": state["step"], "epoch": state["epoch"], **numbers, cfg.metric: value})
         improved = value > state["best_metric"]
         if improved:
             state["best_metric"], state["best_step"], state["evals_since_best"] = value, state["step"], 0
@@ -392,6 +431,7 @@ def train(
     finished = state["step"] >= total_steps
     window = {"time": time.perf_counter(), "examples": 0, "tokens": 0, "padded": 0}
     totals = {"examples": 0, "tokens": 0, "seconds": 0.0}
+    timed_since = None  # the clock at the first step since the last evaluation
     while not finished:
         batches = epoch_batches(state["epoch"])
         if dist_info.is_main and state["step"] == 0:
@@ -399,7 +439,8 @@ def train(
             print(f"train: {len(train_set)} examples, {steps_per_epoch} steps/epoch x {cfg.epochs}, "
                   f"padding {padding_fraction(train_set.lengths, micro_batches):.1%} of tokens")
         while True:
-            step_began = time.perf_counter()
+            if timed_since is None:
+                timed_since = time.perf_counter()
             batch = batches[state["batch_in_epoch"]]
             everyone = split_batch(batch, dist_info.world_size, cfg.grad_accum)
             group = everyone[dist_info.rank * cfg.grad_accum : (dist_info.rank + 1) * cfg.grad_accum]
@@ -426,17 +467,23 @@ def train(
             totals["tokens"] += real
             progress.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == total_steps:
-                # The only host synchronisation: once per log_every steps.
-                window = log_window(writer, progress, window, loss, grad_norm, scheduler, state["step"])
-            totals["seconds"] += time.perf_counter() - step_began
+                # Host synchronisations: once per log_every steps, and before each evaluation.
+                window = log_window(writer, progress, window, loss, grad_norm, scheduler, state["step"], device)
             epoch_done = state["batch_in_epoch"] >= len(batches)
             if epoch_done:
                 state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
             last_step = state["step"] >= total_steps
-            if on_step is not None and on_step(state["step"]) is True:
+            stopped_by_caller = on_step is not None and on_step(state["step"]) is True
+            evaluating = not stopped_by_caller and (
+                epoch_done or last_step or bool(cfg.eval_every and state["step"] % cfg.eval_every == 0))
+            if stopped_by_caller or evaluating:
+                # The timed steps end here: their kernels still queued would be charged to evaluation.
+                totals["seconds"] += seconds_since(timed_since, device)
+                timed_since = None
+            if stopped_by_caller:
                 finished = True  # the caller stops the run here: no evaluation, no checkpoint
                 break
-            if epoch_done or last_step or (cfg.eval_every and state["step"] % cfg.eval_every == 0):
+            if evaluating:
                 stopped_early = run_evaluation()
             if stopped_early or last_step:
                 finished = True

@@ -17,6 +17,7 @@ from kd.eval.scoring import final_evaluation, scoring_precision_name
 from kd.train.config import save_config
 from kd.train.distributed import DistInfo, default_device, init_distributed
 from kd.train.runinfo import device_description, git_commit, library_versions
+from models.paths import record_tokenizer
 
 
 def setup_process(seed: int) -> tuple[DistInfo, torch.device, Callable[..., None]]:
@@ -45,6 +46,7 @@ def make_saver(tokenizer, info: dict):
     """``save(model, folder)``: a ``save_pretrained`` folder that any HF tool loads."""
 
     def save(model, folder: Path) -> None:
+        record_tokenizer(model, tokenizer)
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
         write_json(folder / "run_info.json", info)

@@ -14,10 +14,9 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-import yaml
-
 from kd.errors import UsageError
 from kd.train.checkpoint import STATE_DIR
+from kd.train.config import read_yaml
 
 PACKAGES = ("torch", "transformers", "datasets", "bitsandbytes", "peft", "scikit-learn", "tldextract", "numpy")
 
@@ -108,7 +107,7 @@ def resume_changes(out_dir: Path, current: dict, data_cfg) -> dict[str, tuple]:
     if not (state.is_file() and saved_file.is_file() and report_file.is_file()):
         raise UsageError(f"--resume: {out_dir} holds no resumable run (config.yaml, data_report.json and "
                          "last/trainer_state/ are written by a run's first checkpoint); run without --resume")
-    saved, now = flatten(yaml.safe_load(saved_file.read_text()) or {}), flatten(current)
+    saved, now = flatten(read_yaml(saved_file.read_text(), str(saved_file)) or {}), flatten(current)
     changes = {key: (saved.get(key), now.get(key)) for key in sorted(saved.keys() | now.keys())
                if saved.get(key) != now.get(key) and key not in IGNORED_ON_RESUME}
     saved_hashes = json.loads(report_file.read_text()).get("source_hashes", {})

@@ -10,19 +10,39 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import math
 import os
 import tempfile
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from kd.data.batching import TokenizedSet
+from kd.errors import UsageError
 from kd.eval.inference import predict_tokenized
+from kd.train.distributed import main_rank_first
 from models.paths import cache_root
+
+
+CACHE_WAIT_SETTING = "KD_TEACHER_CACHE_WAIT_MINUTES"
+"""Environment variable: how long (minutes, default 60) the other torchrun ranks wait
+for rank 0 to fill the teacher-logit cache (a large transfer set, a BERT-base teacher)."""
+
+
+def cache_wait_timeout() -> timedelta:
+    """The wait of :data:`CACHE_WAIT_SETTING`; a :class:`kd.errors.UsageError` unless it is a number > 0."""
+    raw = os.environ.get(CACHE_WAIT_SETTING, "60")
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise UsageError(f"{CACHE_WAIT_SETTING} must be a number of minutes > 0, got {raw!r}")
+    return timedelta(minutes=minutes)
 
 
 def example_keys(urls: list[str]) -> np.ndarray:
@@ -33,11 +53,22 @@ def example_keys(urls: list[str]) -> np.ndarray:
     )
 
 
+FINGERPRINTED_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.model", "config.json", "tokenizer.json",
+                       "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                       "vocab.json", "merges.txt")
+"""The files of a model folder that decide its logits for a URL: the weights in any
+format transformers reads, the config (labels, architecture) and the tokenizer."""
+
+
 def model_fingerprint(folder: Path, max_length: int) -> str:
-    """Identifies a teacher's weights (and the tokenisation length) for cache names."""
+    """Identifies a teacher (weights, config, tokenizer: :data:`FINGERPRINTED_FILES`)
+    and the tokenisation length, for cache names: SHA-256 over each such file's
+    name, size and bytes, in name order."""
     digest = hashlib.sha256(f"max_length={max_length}".encode())
-    for name in sorted(p.name for p in Path(folder).glob("*.safetensors")):
-        with open(Path(folder) / name, "rb") as handle:
+    files = sorted({p for pattern in FINGERPRINTED_FILES for p in Path(folder).glob(pattern) if p.is_file()})
+    for path in files:
+        digest.update(f"\0{path.name}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
@@ -133,16 +164,11 @@ def cached_teacher_logits(urls: list[str], cache_file: Path, compute, *, log=pri
     temporary file, rename it into place), so parallel ``kd.ablation --shard``
     workers neither lose each other's rows nor compute a row twice. Under
     ``torchrun`` (a default process group is initialised) rank 0 goes first and
-    the other ranks wait at a barrier, then read what it wrote.
+    the other ranks wait for it (up to :data:`CACHE_WAIT_SETTING` minutes, then a
+    :class:`kd.errors.UsageError` naming it), then read what it wrote.
     """
-    ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if ranks and dist.get_rank() != 0:
-        dist.barrier()  # rank 0 fills the cache first
-    try:
+    with main_rank_first(cache_wait_timeout(), f"fill the teacher-logit cache {cache_file}", CACHE_WAIT_SETTING):
         return _cached_teacher_logits(urls, cache_file, compute, log)
-    finally:
-        if ranks and dist.get_rank() == 0:
-            dist.barrier()
 
 
 def _cached_teacher_logits(urls: list[str], cache_file: Path, compute, log) -> torch.Tensor:
