@@ -167,8 +167,8 @@ def is_unfinished_run(out_dir: Path, current: dict) -> bool:
     if "results.json" in names or not names <= RUN_ENTRIES or not (out_dir / "config.yaml").is_file():
         return False
     try:
-        saved = yaml.safe_load((out_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        saved = read_yaml((out_dir / "config.yaml").read_text(), str(out_dir / "config.yaml"))
+    except (OSError, UsageError):
         return False
     return isinstance(saved, dict) and saved.keys() == current.keys()
 
