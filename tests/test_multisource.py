@@ -1,9 +1,10 @@
-"""Multi-source reading, the cross-source domain split and the caps, on small generated files."""
+"""Multi-source reading, the cross-source domain split, the caps and the kd.benchmark command, on small generated files."""
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import write_csv
+from conftest import read_csv_rows, write_csv
 from kd.data.multisource import cap_indices, read_multisource, split_multisource
 from kd.data.splits import DataConfig, DataReport
 
@@ -106,3 +107,79 @@ def test_the_real_new_sources_read(data_dir):
     assert sum(d[:4] in {str(y) for y in range(2019, 2026)} for d in jp_dates) > len(jp_dates) - 100
     assert all(d == "" or d[:4] in {str(y) for y in range(2019, 2026)} for d in jp_dates)  # a few rows have no date
     print(f"read in {time.perf_counter() - start:.1f} s\n{report.summary()}\n{sizes}")
+
+
+def write_benchmark_config(tmp_path) -> Path:
+    import random
+
+    import yaml
+
+    rng = random.Random(0)
+    sources = {}
+    for s, (good, bad) in enumerate([("blog", "login"), ("news", "verify"), ("shop", "account")]):
+        rows = [(f"http://{good}{rng.randint(0, 99)}.s{s}site{i}.com/{good}/{i}", "legitimate") for i in range(80)]
+        rows += [(f"http://{bad}.s{s}evil{i}.xyz/{bad}?id={i}", "phishing") for i in range(80)]
+        write_csv(tmp_path / f"src{s}.csv", rows)
+        sources[f"src{s}"] = [f"src{s}.csv"]
+    jp = [(f"20{22 + i % 4}/0{1 + i % 9}/01 10:00:00", f"https://secure{i}.jpevil{i}.top/", "Bank", "phishing") for i in range(120)]
+    write_csv(tmp_path / "jp.csv", jp, header=("date", "url", "brand", "label"))
+    config = {"sources": sources, "data_dir": str(tmp_path), "n_boot": 20,
+              "temporal": {"source": "jpcert", "specs": ["jp.csv"], "since": "2024-01-01", "legitimate": "src0"}}
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_benchmark_command_writes_the_matrix_folds_and_a_model_row(tmp_path, tiny_classifier_dir):
+    import json
+
+    from kd.benchmark import main
+
+    config = write_benchmark_config(tmp_path)
+    result = main([str(config), "--model", str(tiny_classifier_dir), "--out", str(tmp_path / "out"), "--smoke"])
+    out = tmp_path / "out"
+    assert {"benchmark.md", "benchmark.json", "benchmark.png"} <= {p.name for p in out.iterdir()}
+    rows = json.loads((out / "benchmark.json").read_text())["rows"]
+    model_row = f"model ({tiny_classifier_dir.name})"
+    assert set(rows) == {model_row, "tfidf (union)", "tfidf (leave-one-source-out)"}
+    assert set(rows["tfidf (union)"]) == {"src0", "src1", "src2", "pooled", "temporal"}
+    assert set(rows["tfidf (leave-one-source-out)"]) == {"src0", "src1", "src2"}
+    cell = rows["tfidf (union)"]["src1"]
+    assert cell["roc_auc"]["low"] <= cell["roc_auc"]["value"] <= cell["roc_auc"]["high"]
+    assert cell["roc_auc"]["value"] > 0.9  # the class words separate the sources' classes
+    pooled = rows["tfidf (union)"]["pooled"]
+    assert pooled["n_phishing"] == sum(rows["tfidf (union)"][s]["n_phishing"] for s in ("src0", "src1", "src2"))
+    temporal = rows[model_row]["temporal"]
+    assert temporal["n_legitimate"] == rows[model_row]["src0"]["n_legitimate"] and temporal["n_phishing"] > 0
+    # No URL dated from 2024 on, nor any test URL, is in a training set; each fold leaves its source out.
+    union = read_csv_rows(out / "folds" / "union" / "train.csv")
+    assert all(r["date"] < "2024" for r in union if r["source"] == "jpcert")
+    tested = {r["url"] for r in read_csv_rows(out / "folds" / "union" / "test-temporal.csv")}
+    assert not tested & {r["url"] for r in union}
+    assert {r["source"] for r in read_csv_rows(out / "folds" / "loso-src1" / "train.csv")} == {"src0", "src2", "jpcert"}
+    assert "python train_teacher.py --config" in (out / "benchmark.md").read_text()
+    assert result["split_sizes"]["train"]["src0"]["phishing"] <= 300
+
+
+def test_a_fold_config_loads_as_a_teacher_config(tmp_path):
+    from kd.benchmark import BenchmarkConfig, run_benchmark
+    from kd.data.splits import build_splits
+    from kd.train.config import RunConfig, load_config
+
+    cfg = BenchmarkConfig.load(str(write_benchmark_config(tmp_path)))
+    cfg.n_boot = 5
+    run_benchmark(cfg, tmp_path / "out")
+    run = load_config(RunConfig, tmp_path / "out" / "folds" / "loso-src0" / "teacher.yaml")
+    splits = build_splits(run.data)
+    assert set(splits.test_sets) == {"src0"} and len(splits.train) > 100
+
+
+def test_a_bad_benchmark_config_is_one_line_and_status_2(tmp_path, capsys):
+    from kd.benchmark import main
+    from kd.errors import run_cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources: {a: [x.csv]}\n")
+    assert run_cli(main, [str(bad)], prog="python -m kd.benchmark") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least two" in err[0]
