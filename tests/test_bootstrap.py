@@ -20,6 +20,7 @@ def test_the_interval_resamples_domains_not_urls_on_a_hand_computed_case():
     ci = bootstrap_ci(labels, probs, cluster_index(domains), accuracy, n_boot=2000, seed=0)
     assert ci["value"] == 0.5 and ci["low"] == 0.0 and ci["high"] == 1.0
     assert ci["se"] == pytest.approx(np.sqrt(0.125), abs=0.02)  # std of {0, .5, 1} with weights 1/4, 1/2, 1/4
+    assert bootstrap_ci(labels, probs, domains, accuracy, n_boot=2000, seed=0) == ci  # domain names work as cluster keys
     per_url = bootstrap_ci(labels, probs, np.arange(100), accuracy, n_boot=2000, seed=0)
     assert 0.35 < per_url["low"] < 0.45 and 0.55 < per_url["high"] < 0.65
 
@@ -46,14 +47,14 @@ def planted(seed, gap):
 
 def test_the_paired_test_detects_a_planted_difference():
     labels, a, b, domains = planted(0, gap=0.6)
-    out = paired_bootstrap(labels, a, b, domains, roc_auc_score, n_boot=500)
+    out = paired_bootstrap(labels, a, b, domains, roc_auc_score, n_boot=200)
     assert out["difference"] > 0.03 and out["low"] > 0 and out["p_value"] < 0.01
 
 
 def test_the_paired_test_does_not_flag_a_null_difference():
     labels, a, _, domains = planted(1, gap=0.0)
     b = a + np.random.default_rng(5).normal(0, 0.05, len(a))  # the same model, slightly jittered
-    out = paired_bootstrap(labels, a, b, domains, roc_auc_score, n_boot=500)
+    out = paired_bootstrap(labels, a, b, domains, roc_auc_score, n_boot=200)
     assert out["low"] <= 0 <= out["high"] and out["p_value"] > 0.05
 
 

@@ -40,7 +40,8 @@ def cluster_index(groups) -> np.ndarray:
 
 def _replicates(clusters: np.ndarray, n_boot: int, seed: int):
     """Yield ``n_boot`` index arrays: for each, ``K`` clusters drawn with
-    replacement and every example of each drawn cluster."""
+    replacement and every example of each drawn cluster (``clusters``: any keys)."""
+    clusters = cluster_index(clusters)
     order = np.argsort(clusters, kind="stable")
     n_clusters = int(clusters.max()) + 1 if len(clusters) else 0
     starts = np.searchsorted(clusters[order], np.arange(n_clusters + 1))
