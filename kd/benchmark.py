@@ -1,7 +1,8 @@
 """The multi-source benchmark: in-source, leave-one-source-out and temporal scores, each with a CI.
 
     python -m kd.benchmark configs/benchmark-multisource.yaml                       # TF-IDF baseline rows only
-    python -m kd.benchmark configs/benchmark-multisource.yaml --model runs/teacher-union/best
+    python -m kd.benchmark configs/benchmark-multisource.yaml --model runs/benchmark-union/best \\
+        --fold-model esdaung=runs/benchmark-loso-esdaung/best ...         # models trained on the folds below
     python -m kd.benchmark configs/benchmark-multisource.yaml --smoke --out /tmp/bench   # tiny caps, seconds
 
 The sources of the config are read (:mod:`kd.data.multisource`), split once
@@ -12,7 +13,8 @@ the pooled test part, and ``temporal``: the dated source's phishing URLs from
 legitimate URLs of ``temporal.legitimate``. Training never sees a dated URL
 from ``since`` on.
 
-Rows: ``--model`` (its saved threshold, as deployed), the TF-IDF baseline
+Rows: ``--model`` (its saved threshold, as deployed), the models trained
+without one source each (``--fold-model SOURCE=FOLDER``), the TF-IDF baseline
 trained on the union's train part (threshold chosen on validation), and the
 TF-IDF baseline left out of each source in turn (``leave-one-source-out``:
 the column's source is absent from training). Each cell reports ROC-AUC,
@@ -203,8 +205,11 @@ def score_model_folder(model_dir: Path, columns: dict[str, SourceSet]) -> tuple[
     return {name: predict_proba(model, tokenizer, col.urls, normalize=False, autocast_dtype=scoring_autocast(precision)) for name, col in columns.items()}, threshold
 
 
-def run_benchmark(cfg: BenchmarkConfig, out: Path, model_dir: Path | None = None) -> dict:
-    """Build the parts, write the folds, score every row on every column; return the results."""
+def run_benchmark(cfg: BenchmarkConfig, out: Path, model_dir: Path | None = None, fold_models: dict[str, Path] | None = None) -> dict:
+    """Build the parts, write the folds, score every row on every column; return the results.
+
+    ``fold_models`` maps a source to the model trained without it (its
+    ``loso-SOURCE`` fold), scored on that source's test part only."""
     started = time.perf_counter()
     report = DataReport()
     parts = build_parts(cfg, report)
@@ -220,6 +225,9 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, model_dir: Path | None = None
         probs, threshold = score_model_folder(model_dir, columns)
         for column in columns:
             score(f"model ({model_dir.name})", column, probs[column], threshold)
+    for source, folder in (fold_models or {}).items():
+        probs, threshold = score_model_folder(folder, {source: columns[source]})
+        score("model (leave-one-source-out)", source, probs[source], threshold)
     probs, threshold = _tfidf_scores(cfg, parts["train"], parts["validation"], columns)
     for column in columns:
         score("tfidf (union)", column, probs[column], threshold)
@@ -312,6 +320,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m kd.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="benchmark YAML (e.g. configs/benchmark-multisource.yaml)")
     parser.add_argument("--model", help="a saved classifier folder (teacher, student or quantized) to score as a row")
+    parser.add_argument("--fold-model", action="append", default=[], metavar="SOURCE=FOLDER",
+                        help="the model trained on fold loso-SOURCE, scored on SOURCE's test part (repeatable)")
     parser.add_argument("--out", default="runs/benchmark-multisource", help="output folder (default runs/benchmark-multisource)")
     parser.add_argument("--data-dir", help="folder that relative source paths resolve against")
     parser.add_argument("--max-train-per-class", type=int, help="cap per source and class on train/validation (overrides the config)")
@@ -329,11 +339,18 @@ def main(argv=None) -> dict:
         if args.n_boot is not None:
             cfg.n_boot = args.n_boot
         model_dir = Path(args.model) if args.model else None
-        if model_dir is not None and not model_dir.is_dir():
-            raise UsageError(f"--model {model_dir}: no such folder")
+        fold_models = {}
+        for item in args.fold_model:
+            source, eq, folder = item.partition("=")
+            if not eq or source not in cfg.sources:
+                raise UsageError(f"--fold-model takes SOURCE=FOLDER with SOURCE one of {list(cfg.sources)}, got {item!r}")
+            fold_models[source] = Path(folder)
+        for folder in [model_dir, *fold_models.values()]:
+            if folder is not None and not folder.is_dir():
+                raise UsageError(f"model folder {folder}: no such folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = run_benchmark(cfg, out, model_dir)
+    result = run_benchmark(cfg, out, model_dir, fold_models)
     write_json(out / "benchmark.json", result)
     tmp = out / ".benchmark.md.tmp"
     tmp.write_text(markdown_report(result))

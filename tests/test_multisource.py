@@ -136,12 +136,14 @@ def test_the_benchmark_command_writes_the_matrix_folds_and_a_model_row(tmp_path,
     from kd.benchmark import main
 
     config = write_benchmark_config(tmp_path)
-    result = main([str(config), "--model", str(tiny_classifier_dir), "--out", str(tmp_path / "out"), "--smoke"])
+    result = main([str(config), "--model", str(tiny_classifier_dir), "--fold-model", f"src2={tiny_classifier_dir}",
+                   "--out", str(tmp_path / "out"), "--smoke"])
     out = tmp_path / "out"
     assert {"benchmark.md", "benchmark.json", "benchmark.png"} <= {p.name for p in out.iterdir()}
     rows = json.loads((out / "benchmark.json").read_text())["rows"]
     model_row = f"model ({tiny_classifier_dir.name})"
-    assert set(rows) == {model_row, "tfidf (union)", "tfidf (leave-one-source-out)"}
+    assert set(rows) == {model_row, "model (leave-one-source-out)", "tfidf (union)", "tfidf (leave-one-source-out)"}
+    assert set(rows["model (leave-one-source-out)"]) == {"src2"}
     assert set(rows["tfidf (union)"]) == {"src0", "src1", "src2", "pooled", "temporal"}
     assert set(rows["tfidf (leave-one-source-out)"]) == {"src0", "src1", "src2"}
     cell = rows["tfidf (union)"]["src1"]
@@ -183,3 +185,6 @@ def test_a_bad_benchmark_config_is_one_line_and_status_2(tmp_path, capsys):
     assert run_cli(main, [str(bad)], prog="python -m kd.benchmark") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at least two" in err[0]
+    good = write_benchmark_config(tmp_path)
+    assert run_cli(main, [str(good), "--fold-model", "nosuch=x"], prog="python -m kd.benchmark") == 2
+    assert "--fold-model takes SOURCE=FOLDER" in capsys.readouterr().err
