@@ -213,6 +213,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, model_dir: Path | None = None
     started = time.perf_counter()
     report = DataReport()
     parts = build_parts(cfg, report)
+    print(f"read and split in {time.perf_counter() - started:.0f} s: " + ", ".join(f"{n} {len(p)}" for n, p in parts.items()), flush=True)
     columns = test_columns(cfg, parts)
     folds = {"union": _fold_data(cfg, parts, out, "union", None)}
     folds.update({f"loso-{s}": _fold_data(cfg, parts, out, f"loso-{s}", s) for s in cfg.sources})
@@ -231,6 +232,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, model_dir: Path | None = None
     probs, threshold = _tfidf_scores(cfg, parts["train"], parts["validation"], columns)
     for column in columns:
         score("tfidf (union)", column, probs[column], threshold)
+    print(f"tfidf (union) fitted and scored at {time.perf_counter() - started:.0f} s", flush=True)
     for source in cfg.sources:
         keep = lambda p: p.where(lambda i: p.sources[i] != source)  # noqa: E731
         probs, threshold = _tfidf_scores(cfg, keep(parts["train"]), keep(parts["validation"]), {source: columns[source]})
