@@ -10,8 +10,8 @@ from kd.data.splits import DataSplits
 from kd.eval.metrics import binary_metrics, choose_threshold
 
 
-def tfidf_baseline(splits: DataSplits, C: float = 10.0) -> dict:
-    """Fit on the train split, choose the threshold on validation, score every other set."""
+def fit_tfidf(urls: list[str], labels: list[int], C: float = 10.0):
+    """The fitted pipeline; ``model.predict_proba(urls)[:, 1]`` is P(phishing)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -20,7 +20,12 @@ def tfidf_baseline(splits: DataSplits, C: float = 10.0) -> dict:
         TfidfVectorizer(analyzer="char", ngram_range=(1, 5), sublinear_tf=True, min_df=2),
         LogisticRegression(C=C, max_iter=2000),
     )
-    model.fit(splits.train.urls, splits.train.labels)
+    return model.fit(urls, labels)
+
+
+def tfidf_baseline(splits: DataSplits, C: float = 10.0) -> dict:
+    """Fit on the train split, choose the threshold on validation, score every other set."""
+    model = fit_tfidf(splits.train.urls, splits.train.labels, C)
     sets = {name: ex for name, ex in splits.all_sets().items() if name != "train"}
     probs = {name: model.predict_proba(ex.urls)[:, 1] for name, ex in sets.items()}
     threshold = choose_threshold(splits.validation.labels, probs["validation"])
