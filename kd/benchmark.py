@@ -43,6 +43,7 @@ import yaml
 from kd.data.multisource import SourceSet, cap_indices, read_multisource, split_multisource
 from kd.data.splits import DataConfig, DataReport
 from kd.errors import UsageError, run_cli, usage_errors
+from kd.train.config import read_yaml
 from kd.eval.bootstrap import bootstrap_ci, cluster_index, minimal_detectable_difference
 from kd.eval.baseline import fit_tfidf
 from kd.eval.metrics import choose_threshold, tpr_at_fpr
@@ -77,7 +78,9 @@ class BenchmarkConfig:
     def load(cls, path: str) -> "BenchmarkConfig":
         if not Path(path).is_file():
             raise UsageError(f"no benchmark config {path!r}")
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = read_yaml(Path(path).read_text(), path) or {}
+        if not isinstance(raw, dict):
+            raise UsageError(f"{path}: a benchmark config is a mapping of keys, got {type(raw).__name__}")
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise UsageError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
@@ -132,7 +135,8 @@ def _fold_data(cfg: BenchmarkConfig, parts: dict[str, SourceSet], out: Path, nam
     fraction_val = cfg.fractions[1] / (cfg.fractions[0] + cfg.fractions[1])
     data = {"sources": [str((folder / "train.csv").resolve())], "split": "domain", "seed": cfg.seed,
             "fractions": [1 - fraction_val, fraction_val, 0.0], "test_sets": tests}
-    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / f"{cfg.teacher_base}.yaml").read_text())
+    preset = Path(__file__).resolve().parents[1] / "configs" / f"{cfg.teacher_base}.yaml"
+    base = read_yaml(preset.read_text(), str(preset))
     teacher = {**base, "data": data, "out_dir": f"runs/benchmark-{name}"}
     (folder / "teacher.yaml").write_text(
         f"# Teacher for the {name} fold of kd.benchmark: python train_teacher.py --config {folder / 'teacher.yaml'}\n"
