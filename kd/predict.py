@@ -737,6 +737,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                       file=sys.stderr)
         if args.threshold is not None:
             threshold, source = args.threshold, "--threshold"
+        elif source == "default" and (Path(args.model) / "run_info.json").is_file():
+            # A training checkpoint gets its threshold from the run's final evaluation: 0.5
+            # would give other verdicts than the run's, silently.
+            raise UsageError(f"{args.model} is a training checkpoint without a threshold (none in metrics.json): its run "
+                             "stopped before the final evaluation; finish it with --resume, or name one with --threshold")
         if shard.is_main:
             print(f"threshold {threshold:g} ({source}), scoring in {scoring}"
                   + (f", {shard.world_size} processes" if shard.enabled else ""), file=sys.stderr)

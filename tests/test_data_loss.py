@@ -287,3 +287,16 @@ def test_a_truncated_gguf_is_one_line_status_2_and_leaves_no_run_folder(tmp_path
     err = one_error_line(capsys)
     assert status == 2 and "no readable GGUF file" in err
     assert not out.exists()
+
+
+def test_predict_refuses_a_training_checkpoint_whose_run_stopped_before_its_threshold(tmp_path):
+    """A checkpoint gets its threshold from the run's final evaluation (metrics.json,
+    written after the weights): one without it would be scored at 0.5, silently."""
+    from kd.predict import main as predict_main
+
+    folder = save_tiny_classifier(tmp_path / "best")
+    (folder / "metrics.json").unlink(missing_ok=True)
+    (folder / "run_info.json").write_text("{}")
+    with pytest.raises(UsageError, match="none in metrics.json.*--resume.*--threshold"):
+        predict_main(["--model", str(folder), "http://example.com/"])
+    assert predict_main(["--model", str(folder), "--threshold", "0.5", "http://example.com/"]) == 0
