@@ -358,3 +358,11 @@ def test_the_link_checker_flags_a_missing_file(tmp_path):
         assert benchmark_references(doc) == ["benchmarks/no-such-result.md", "benchmarks/also-missing.json"]
         assert missing_files(benchmark_references(doc)) == ["benchmarks/no-such-result.md",
                                                             "benchmarks/also-missing.json"]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[d.relative_to(ROOT).as_posix() for d in DOCS])
+def test_every_relative_link_of_a_doc_resolves(doc):
+    """The map of the docs and the links to code and configs lead somewhere."""
+    targets = [t for t in re.findall(r"\]\(([^)\s#]+)", doc.read_text(encoding="utf-8"))
+               if not t.startswith(("http://", "https://", "mailto:"))]
+    assert [t for t in targets if not (doc.parent / t).exists()] == []
