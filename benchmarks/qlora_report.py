@@ -2,7 +2,7 @@
 learning curve, and where its test errors come from.
 
     python benchmarks/qlora_report.py runs/qlora-smollm2-full \\
-        --encoder benchmarks/quantize-cpu-minilm-v2.json --out benchmarks/qlora-smollm2-cpu
+        --encoder benchmarks/archive/quantize-cpu-minilm-v2.json --out benchmarks/qlora-smollm2-cpu
 
 Inputs: a finished ``train_student.py --generative`` run folder (its
 ``results.json`` has every set's metrics at the threshold chosen on

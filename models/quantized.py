@@ -17,7 +17,7 @@ dynamic-int8  torch dynamic int8: per-tensor int8 weights, activations    CPU
 In the quantized precisions the embeddings, LayerNorms, the pooler and the
 classification head stay in the compute dtype (float32 on CPU, bf16 on CUDA).
 What each precision costs and saves on CPU and GPU is measured in
-``benchmarks/`` and README.md.
+``benchmarks/`` and docs/quantize.md.
 
 A folder written by :func:`save_quantized` loads back with
 ``load_classifier(folder)`` in the precision it was saved in, without

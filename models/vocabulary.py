@@ -3,7 +3,7 @@ training URLs use (:func:`token_ids_in`, :func:`prune_vocabulary`).
 
 The word-embedding matrix ``(V, H)`` is a large share of a small encoder's
 parameters, and URLs use a fraction of a WordPiece vocabulary; the sizes
-measured on the project's data are in README.md ("Vocabulary pruning").
+measured on the project's data are in docs/student.md ("The student").
 """
 from __future__ import annotations
 
