@@ -3,9 +3,10 @@ labelled URL file into ``(line, url, label)`` rows.
 
 Files of URLs, CSV and JSON lines are read by the one streaming reader,
 :mod:`kd.data.reader` (which kd.predict reads its input with); a JSON list, a
-parquet table and a hub dataset are read whole. Nothing is lost silently: a row is either used, skipped for a named reason
-(counted in :class:`ReadReport`), or the read fails with an error that names
-the file, the line and what was expected.
+parquet table and a hub dataset are read whole. Nothing is lost silently: a
+row is either used, skipped for a named reason (counted in
+:class:`ReadReport`), or the read fails with an error that names the file, the
+line and what was expected.
 
 Labels are integers: 0 = legitimate, 1 = phishing.
 """
