@@ -22,7 +22,6 @@ beside the encoder teacher's probability on the same URL. Writes ``OUT.md``,
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kd.data.batching import collate, eval_batches  # noqa: E402
 from kd.data.prompts import read_prompt_format, tokenize_prompts  # noqa: E402
-from kd.data.splits import Examples  # noqa: E402
+from kd.data.splits import Examples, read_split_file  # noqa: E402
 from kd.eval.inference import predict_proba, predict_tokenized  # noqa: E402
 from kd.eval.measure import memory_footprint_bytes, parameter_count  # noqa: E402
 from kd.eval.metrics import binary_metrics  # noqa: E402
@@ -54,9 +53,8 @@ F1_TARGET_PERCENT = 97.0
 
 def read_split(run_dir: Path, split: str) -> Examples:
     """The URLs and labels of one split of a run, in the order of its ``splits.csv``."""
-    with open(run_dir / "splits.csv", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["split"] == split]
-    return Examples([r["url"] for r in rows], np.array([int(r["label"]) for r in rows]))
+    rows = [(url, label) for name, label, url in read_split_file(run_dir / "splits.csv") if name == split]
+    return Examples([url for url, _ in rows], np.array([label for _, label in rows]))
 
 
 @torch.inference_mode()

@@ -50,7 +50,6 @@ show "-"), nor a size comparison with its teacher.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import sys
@@ -60,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from kd.cli import run_recipe
+from kd.data.splits import read_split_file
 from kd.errors import UsageError, run_cli, usage_errors
 from kd.eval.inference import scoring_model
 from kd.eval.measure import measure_latency
@@ -317,8 +317,7 @@ def main(argv=None) -> list[dict]:
             continue
         latency_file = run_dir / "cpu_latency.json"
         if not generative and not latency_file.is_file():
-            with open(run_dir / "splits.csv", newline="") as handle:
-                urls = [row["url"] for row, _ in zip(csv.DictReader(handle), range(200))]
+            urls = [url for (_, _, url), _ in zip(read_split_file(run_dir / "splits.csv"), range(200))]
             latency_file.write_text(json.dumps({"cpu_latency_ms_batch1": cpu_latency_ms(run_dir, urls)}))
         latency = None if generative else json.loads(latency_file.read_text())["cpu_latency_ms_batch1"]
         row = cell_row(cell, run_dir, latency)

@@ -18,20 +18,16 @@ Analysts open the CSVs in spreadsheets: a text field that starts like a formula
 from __future__ import annotations
 
 import argparse
-import codecs
 import csv
-import gzip
 import heapq
-import io
 import itertools
-import json
 import os
 import shutil
 import stat
 import sys
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,19 +39,31 @@ from kd.data.batching import windows
 from kd.errors import OutputFailed, UsageError, run_cli
 from kd.eval.inference import check_max_length, predict_proba, scoring_model
 from kd.eval.scoring import saved_scoring, scoring_autocast
-from kd.data.sources import URL_COLUMNS, DataError, detect_format, first_line_of, url_problem
+from kd.data.reader import (
+    EXCERPT_CHARS,
+    STREAM_FORMATS,
+    URL_COLUMNS,
+    Columns,
+    DataError,
+    Row,
+    column_index,
+    csv_fields,
+    detect_format,
+    input_head,
+    open_input,
+    read_rows,
+)
+from kd.data.sources import url_problem
 from kd.data.urls import normalize_url
 from kd.train.distributed import DistInfo, all_reduce_sum, barrier, close_distributed, default_device, init_distributed
 
 DEFAULT_MAX_CHARS = 2048
 CHUNK_ROWS = 65536
 """Rows read, length-sorted and scored at a time (the window): bounds memory, and keeps padding low."""
-EXCERPT_CHARS = 200
-MAX_FIELD_LINES = 8
-"""A CSV field quoted across more lines than this is not looked for: the line is malformed."""
 SCORE_COLUMNS = ("line", "url", "normalized_url", "label", "probability_phishing")
 REJECT_COLUMNS = ("line", "reason", "content")
-INPUT_FORMATS = ("lines", "csv", "jsonl")
+COLUMN_HINT = "--column, or give --format lines"
+"""How to name the URL column, said when a CSV header has none."""
 
 
 def screen_url(url: str, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str | None, str | None]:
@@ -90,177 +98,6 @@ class InputFormatError(ValueError):
     """The input file cannot be read as the format asked for."""
 
 
-@dataclass
-class Row:
-    """One input row: 1-based line number, the URL or why there is none, and
-    the line as text (undecodable bytes backslash-escaped) for the rejects."""
-
-    line: int
-    url: str | None
-    reason: str | None
-    content: str
-
-
-def _decode(raw: bytes) -> str | None:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _excerpt(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="backslashreplace")[:EXCERPT_CHARS]
-
-
-def _pick_column(fields: list[str], column: str | None) -> int:
-    """Index of ``column`` (any case) among the header ``fields``, or of the
-    first of :data:`kd.data.sources.URL_COLUMNS` when no column is named."""
-    lower = [f.strip().lower() for f in fields]
-    for name in (column.lower(),) if column else URL_COLUMNS:
-        if name in lower:
-            return lower.index(name)
-    wanted = f"column {column!r}" if column else f"URL column (looked for {list(URL_COLUMNS)})"
-    raise InputFormatError(f"the CSV header {fields} has no {wanted} (name it with --column, or give --format lines)")
-
-
-def _text_or_row(number: int, raw: bytes) -> str | Row:
-    """The line's text, or its finished :class:`Row` when there is nothing to parse:
-    not UTF-8 (a reject) or blank (counted, no URL)."""
-    text = _decode(raw)
-    if text is None:
-        return Row(number, None, "not valid UTF-8", _excerpt(raw))
-    if not text.strip():
-        return Row(number, text, None, _excerpt(raw))
-    return text
-
-
-def _parse_csv_line(text: str) -> list[str]:
-    return next(csv.reader([text], strict=True), [])
-
-
-def _join_quoted(text: str, take) -> tuple[list[tuple[int, bytes]], bool]:
-    """Read ahead (``take()``) until the quote opened on the line ``text`` closes.
-
-    Returns the lines read and whether they close it into one valid CSV row;
-    at most ``MAX_FIELD_LINES`` lines in all.
-    """
-    taken, joined = [], text
-    while joined.count('"') % 2 and len(taken) < MAX_FIELD_LINES - 1:
-        ahead = take()
-        if ahead is None:
-            break
-        taken.append(ahead)
-        ahead_text = _decode(ahead[1])
-        if ahead_text is None:
-            break
-        joined += "\n" + ahead_text
-    if taken and joined.count('"') % 2 == 0:
-        try:
-            _parse_csv_line(joined)
-            return taken, True
-        except csv.Error:
-            pass
-    return taken, False
-
-
-def _csv_rows(numbered: Iterator[tuple[int, bytes]], index: int, column: str) -> Iterator[Row]:
-    """CSV data rows after the header, one line at a time, so that a bad line is
-    one reject. A quoted field that continues on the next lines (a URL never
-    holds a line break) rejects each of its lines, with the span as reason."""
-    pending: list[tuple[int, bytes]] = []  # lines read ahead and given back
-
-    def take():
-        return pending.pop(0) if pending else next(numbered, None)
-
-    while (item := take()) is not None:
-        number, raw = item
-        text = _text_or_row(number, raw)
-        if isinstance(text, Row):
-            yield text
-            continue
-        try:
-            values = _parse_csv_line(text)
-        except csv.Error as err:
-            taken, closed = _join_quoted(text, take)
-            if closed:
-                reason = f"a quoted field spans lines {number}-{taken[-1][0]} (a URL holds no line break)"
-                for n, r in (item, *taken):
-                    yield Row(n, None, reason, _excerpt(r))
-            else:
-                pending[:0] = taken
-                yield Row(number, None, f"malformed CSV row ({err})", _excerpt(raw))
-            continue
-        if index >= len(values):
-            yield Row(number, None, f"{len(values)} fields, no {column!r} column", _excerpt(raw))
-        else:
-            yield Row(number, values[index], None, _excerpt(raw))
-
-
-def _jsonl_rows(numbered: Iterator[tuple[int, bytes]], column: str | None) -> Iterator[Row]:
-    """JSON lines: each line a URL string or an object holding one under
-    ``column`` (default: the first key of :data:`kd.data.sources.URL_COLUMNS`, any case)."""
-    for number, raw in numbered:
-        text = _text_or_row(number, raw)
-        if isinstance(text, Row):
-            yield text
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            yield Row(number, None, f"not valid JSON ({err.msg} at column {err.colno})", _excerpt(raw))
-            continue
-        if isinstance(record, dict):
-            keys = {str(k).lower(): k for k in record}
-            key = next((keys[n] for n in ((column.lower(),) if column else URL_COLUMNS) if n in keys), None)
-            if key is None:
-                yield Row(number, None, f"no {column or 'URL'!r} key in the object", _excerpt(raw))
-                continue
-            record = record[key]
-        if isinstance(record, str):
-            yield Row(number, record, None, _excerpt(raw))
-        else:
-            yield Row(number, None, f"a JSON {type(record).__name__}, not a URL string", _excerpt(raw))
-
-
-def read_rows(lines: Iterable[bytes], fmt: str = "lines", column: str | None = None) -> Iterator[Row]:
-    """Rows of a file read as byte lines, in ``fmt`` (one of :data:`INPUT_FORMATS`;
-    :func:`input_format` detects it).
-
-    ``lines``: one URL per line; ``csv``: the first non-blank line is a header
-    naming ``column`` (default: a known URL column); ``jsonl``: one JSON value a
-    line. Line numbers count from 1 and include blank lines and the header,
-    which is the only line that yields no row.
-    """
-    numbered = enumerate(lines, start=1)
-    numbered = ((n, (raw.removeprefix(codecs.BOM_UTF8) if n == 1 else raw).rstrip(b"\r\n")) for n, raw in numbered)
-    if fmt == "jsonl":
-        yield from _jsonl_rows(numbered, column)
-        return
-    if fmt == "lines":
-        for number, raw in numbered:
-            text = _decode(raw)
-            yield Row(number, text, None if text is not None else "not valid UTF-8", _excerpt(raw))
-        return
-    for number, raw in numbered:  # csv: blank lines, then the header
-        header = _decode(raw)
-        if header is None:
-            raise InputFormatError(f"the CSV header (line {number}) is not valid UTF-8")
-        if not header.strip():
-            yield Row(number, header, None, "")
-            continue
-        try:
-            fields = _parse_csv_line(header)
-        except csv.Error as err:
-            raise InputFormatError(f"the CSV header (line {number}) does not parse: {err}") from None
-        index = _pick_column(fields, column)
-        yield from _csv_rows(numbered, index, fields[index])
-        return
-
-
-GZIP_MAGIC = b"\x1f\x8b"
-UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-
-
 def check_input_file(path: Path) -> None:
     """Refuse an input that is not a regular file, saying what it is: it is read
     twice (its format detected, then scored), which a pipe or a terminal cannot be
@@ -276,78 +113,27 @@ def check_input_file(path: Path) -> None:
                                + (": write what it gives to a file first" if kind != "a folder" else ""))
 
 
-class _Utf8Lines:
-    """Byte lines in UTF-8 from a text stream (``readline(limit)`` and iteration):
-    what the readers take, whatever the file's own encoding."""
-
-    def __init__(self, text: io.TextIOBase):
-        self.text = text
-
-    def readline(self, limit: int = -1) -> bytes:
-        return self.text.readline(limit).encode("utf-8")
-
-    def __iter__(self) -> Iterator[bytes]:
-        return (line.encode("utf-8") for line in self.text)
-
-
-@contextmanager
-def open_input(path: Path):
-    """``(lines, raw)``: binary lines of the input as UTF-8, and the file handle
-    underneath (its position measures progress).
-
-    A gzip file (magic bytes ``1f 8b``) is read through gzip; UTF-16 text with a
-    byte-order mark is decoded (a code unit that is not UTF-16 becomes U+FFFD)
-    and re-encoded; anything else is taken as it is (UTF-8, checked line by line).
-    """
-    with open(path, "rb") as raw:
-        stream = gzip.GzipFile(fileobj=raw, mode="rb") if raw.peek(2)[:2] == GZIP_MAGIC else raw
-        with stream:
-            if stream.peek(2)[:2] in UTF16_BOMS:
-                yield _Utf8Lines(io.TextIOWrapper(stream, encoding="utf-16", errors="replace", newline="\n")), raw
-            else:
-                yield stream, raw
-
-
-def input_head(path: Path) -> bytes | None:
-    """The first non-blank line of the input as :func:`open_input` reads it
-    (:func:`kd.data.sources.first_line`). Raises :class:`InputFormatError` for
-    UTF-16 without a byte-order mark (half its bytes NUL), which would otherwise
-    be read as one reject per line, and for a gzip file that does not decompress."""
-    try:
-        with open_input(path) as (lines, _):
-            head = first_line_of(lines)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
-        raise InputFormatError(f"{path} starts like a gzip file but does not decompress ({err})") from None
-    except OSError as err:  # e.g. no permission to read it
-        raise InputFormatError(f"{path}: {err.strerror or err}") from None
-    if head is not None and len(head) >= 2 and 2 * head.count(b"\0") >= len(head):
-        raise InputFormatError(f"{path}: half the bytes of the first line are NUL, as in UTF-16 without a "
-                               "byte-order mark; convert it to UTF-8 (e.g. iconv -f UTF-16LE -t UTF-8)")
-    return head
-
-
 def input_format(path: Path, fmt: str, column: str | None) -> str:
-    """``fmt`` or, for ``auto``, the format :func:`kd.data.sources.detect_format` finds
-    (the training-data detection) in the first line :func:`input_head` reads; only
-    lines, CSV and JSON lines stream. A CSV header must name the URL column.
-    Raises :class:`InputFormatError`."""
-    head = input_head(path)
-    if head is None:
-        return "lines"  # nothing but blank lines: each is a reject
-    if fmt == "auto":
-        try:
+    """``fmt`` or, for ``auto``, the format :func:`kd.data.reader.detect_format` finds
+    (the training-data detection) in the first line :func:`kd.data.reader.input_head`
+    reads; only lines, CSV and JSON lines stream. A CSV header must name the URL
+    column. Raises :class:`InputFormatError`."""
+    try:
+        head = input_head(path)
+        if head is None:
+            return "lines"  # nothing but blank lines: each is a reject
+        if fmt == "auto":
             fmt = detect_format(path, head, (column.lower(),) if column else URL_COLUMNS, option="--format ")
-        except DataError as err:
-            raise InputFormatError(str(err)) from None
-        if fmt not in INPUT_FORMATS:
-            raise InputFormatError(f"{path} holds {fmt}; kd.predict streams {', '.join(INPUT_FORMATS)} "
-                                   "(write it as JSON lines, or give --format)")
-    if fmt == "csv":
-        header = _decode(head)
-        try:
-            _pick_column(_parse_csv_line(header or ""), column)
-        except csv.Error as err:
-            raise InputFormatError(f"{path}: the CSV header does not parse: {err}") from None
+            if fmt not in STREAM_FORMATS:
+                raise InputFormatError(f"{path} holds {fmt}; kd.predict streams {', '.join(STREAM_FORMATS)} "
+                                       "(write it as JSON lines, or give --format)")
+        if fmt == "csv":
+            column_index(csv_fields(head.decode("utf-8", errors="surrogateescape")), column, URL_COLUMNS, "url",
+                         path, COLUMN_HINT)
+    except csv.Error as err:
+        raise InputFormatError(f"{path}: the CSV header does not parse: {err}") from None
+    except DataError as err:
+        raise InputFormatError(str(err)) from None
     return fmt
 
 
@@ -535,7 +321,7 @@ def score_file(
                 bar.update(raw_file.tell() - bar.n)  # the file's bytes, also when gzip or UTF-16
                 yield raw
 
-        rows = read_rows(lines(), fmt, column)
+        rows = read_rows(lines(), fmt, Columns(url=column, hint=COLUMN_HINT), where=input_path)
         if not shard.enabled:
             with replace_on_success(output_path, rejects_path) as (out, rej):
                 scores, rejects = csv.writer(out), csv.writer(rej)
@@ -653,7 +439,7 @@ examples:
     parser.add_argument("--rejects", type=Path, metavar="CSV",
                         help="rejects CSV (line, reason, first 200 characters of the row); "
                              "default: OUTPUT with the suffix .rejects.csv")
-    parser.add_argument("--format", dest="fmt", choices=("auto", *INPUT_FORMATS), default="auto",
+    parser.add_argument("--format", dest="fmt", choices=("auto", *STREAM_FORMATS), default="auto",
                         help="input format; auto (default) detects it as training data is read: JSON "
                              "lines if the first line is a JSON object (or the name ends in .jsonl), CSV "
                              "if it is a header with a URL column, else one URL per line; a file that "
@@ -756,7 +542,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                 column=args.column, fmt=fmt, max_chars=args.max_chars, chunk_rows=args.chunk_rows, shard=shard,
                 **predict_kwargs,
             )
-        except InputFormatError as err:  # e.g. the file changed since it was checked
+        except (InputFormatError, DataError) as err:  # e.g. the file changed since it was checked
             raise UsageError(str(err)) from err
         except (OSError, EOFError, zlib.error) as err:  # a full or read-only disk, a failing device, broken gzip
             what = getattr(err, "strerror", None) or err

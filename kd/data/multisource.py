@@ -22,7 +22,6 @@ and brand (:func:`read_metadata`).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import zlib
 from collections import Counter
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kd.data.reader import Columns, open_input, read_rows
 from kd.data.sources import DataError, SourceSpec
 from kd.data.splits import SPLITS, DataConfig, DataReport, load_examples
 from kd.data.urls import normalize_url, registrable_domain
@@ -78,21 +78,27 @@ class SourceSet:
 
 
 def read_metadata(path: Path, columns: tuple[str, str] = ("date", "brand"), normalize: bool = True) -> dict[str, tuple[str, str]]:
-    """``{url: (date, brand)}`` from a CSV with a ``url`` column and ``columns``;
+    """``{url: (date, brand)}`` from a CSV with a ``url`` column and ``columns``,
+    read row for row as the URLs themselves are (:func:`kd.data.reader.read_rows`);
     the first row of a URL wins (JPCERT's file is in date order, so its first
-    report). Dates ``2019/01/04 10:12:00`` become ``2019-01-04``."""
+    report). Dates ``2019/01/04 10:12:00`` become ``2019-01-04``; a row without
+    the cells gives no metadata."""
     out: dict[str, tuple[str, str]] = {}
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"url", *columns} - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{path}: no column(s) {sorted(missing)} for the metadata; columns are {reader.fieldnames}")
-        for row in reader:
-            url = (row["url"] or "").strip()
-            url = normalize_url(url) if normalize else url
+    with open_input(path) as (lines, _):
+        for row in read_rows(lines, "csv", Columns(url="url", extra=columns), where=path):
+            if row.url is None or None in row.extra:
+                continue
+            url = normalize_url(row.url.strip()) if normalize else row.url.strip()
+            date, brand = (_text(cell).strip() for cell in row.extra)
             if url and url not in out:
-                out[url] = (row[columns[0]].strip()[:10].replace("/", "-"), row[columns[1]].strip())
+                out[url] = (date[:10].replace("/", "-"), brand)
     return out
+
+
+def _text(cell: str) -> str:
+    """A cell as text that can be written back as UTF-8: undecodable bytes (kept as
+    surrogates by the reader) become U+FFFD."""
+    return cell.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
 
 
 def read_multisource(

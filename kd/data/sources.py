@@ -1,16 +1,17 @@
-"""Readers for labelled URL files: one function per format, one spec type.
+"""Training sources: one spec type, and :func:`read_source`, which reads a
+labelled URL file into ``(line, url, label)`` rows.
 
-Every reader yields ``(line, url, label)`` and counts what it skips, so that
-nothing is lost silently: a row is either used, skipped for a named reason
-(counted in :class:`ReadReport`), or the read fails with an error that names
-the file, the line and what was expected.
+Files of URLs, CSV and JSON lines are read by the one streaming reader,
+:mod:`kd.data.reader` (which kd.predict reads its input with); a JSON list, a
+parquet table and a hub dataset are read whole. Nothing is lost silently: a
+row is either used, skipped for a named reason (counted in
+:class:`ReadReport`), or the read fails with an error that names the file, the
+line and what was expected.
 
 Labels are integers: 0 = legitimate, 1 = phishing.
 """
 from __future__ import annotations
 
-import codecs
-import csv
 import json
 import math
 import os
@@ -20,16 +21,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-LEGITIMATE, PHISHING = 0, 1
+from kd.data.reader import (  # DataError is raised here too: the name every caller imports from sources
+    LABEL_COLUMNS,
+    LABEL_VALUES,
+    PHISHING,
+    URL_COLUMNS,
+    Columns,
+    DataError,
+    Row,
+    column_index,
+    detect_format,
+    input_head,
+    open_input,
+    read_rows,
+)
 
-LABEL_VALUES = {
-    **dict.fromkeys(("0", "legitimate", "legit", "benign", "good", "safe", "clean", "false", "no", "ham"), LEGITIMATE),
-    **dict.fromkeys(("1", "phishing", "phish", "malicious", "bad", "true", "yes", "spam"), PHISHING),
-}
-"""Accepted label spellings (case-insensitive); ``0.0``/``1.0`` are accepted too."""
-
-URL_COLUMNS = ("url", "urls", "uri", "link", "website", "address")
-LABEL_COLUMNS = ("label", "labels", "status", "class", "type", "target", "is_phishing", "phishing", "result")
 FORMATS = ("auto", "hannousse", "phishtank", "lines", "csv", "json", "jsonl", "parquet", "hf")
 
 SKIP_REASONS = {
@@ -40,6 +46,10 @@ SKIP_REASONS = {
     "control_characters": "the URL holds a control character (NUL, tab, a line break, a bidi or zero-width mark)",
     "null_url": "the URL cell is a null placeholder (null, None, NaN), not a URL",
     "missing_label": "the label cell is empty or NaN",
+    "malformed_csv": "a CSV line that does not parse (strict quoting)",
+    "field_spans_lines": "a line of a quoted CSV field that spans lines (a URL holds no line break)",
+    "missing_field": "a CSV row with no field under the URL column, or a JSON object with no URL key",
+    "not_a_string": "a JSON line whose URL is not a string (a number, a list, null, ...)",
 }
 """Why a row may be skipped while reading (all counted and reported)."""
 
@@ -53,16 +63,6 @@ left-to-right / right-to-left marks (U+200B-U+200F), bidi embeddings and
 overrides (U+202A-U+202E), isolates (U+2066-U+2069), the Arabic letter mark
 (U+061C), and U+FEFF anywhere but a file's first bytes (there it is a
 byte-order mark, removed on reading)."""
-
-FILE_FORMATS = ("lines", "csv", "jsonl", "json", "parquet")
-"""What :func:`detect_format` tells apart."""
-
-_FORMATS_OF_SUFFIX = {
-    ".jsonl": ("jsonl",), ".ndjson": ("jsonl",), ".json": ("json", "jsonl"), ".parquet": ("parquet",),
-    ".csv": ("csv", "lines"), ".tsv": ("csv", "lines"), ".txt": ("lines", "csv"), ".lst": ("lines",), ".list": ("lines",),
-}
-_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ .\-]*")
-
 
 def url_problem(url: str, max_chars: int) -> str | None:
     """Why a (stripped) URL cannot be used, as a key of :data:`SKIP_REASONS`, or None.
@@ -82,83 +82,6 @@ def url_problem(url: str, max_chars: int) -> str | None:
     if url.lower() in NULL_URLS:
         return "null_url"
     return None
-
-
-def first_line(path: Path, limit: int = 1 << 16) -> bytes | None:
-    """The first non-blank line of a file (at most ``limit`` bytes, without a
-    UTF-8 byte-order mark or line end), or None if the file holds nothing else."""
-    with open(path, "rb") as handle:
-        return first_line_of(handle, limit)
-
-
-def first_line_of(handle, limit: int = 1 << 16) -> bytes | None:
-    """:func:`first_line` of a binary handle (anything with ``readline(limit)``) at its start."""
-    for number, raw in enumerate(iter(lambda: handle.readline(limit), b"")):
-        if number == 0:
-            raw = raw.removeprefix(codecs.BOM_UTF8)
-        if raw.strip():
-            return raw.rstrip(b"\r\n")
-    return None
-
-
-def _looks_like_header(fields: list[str], url_columns: tuple[str, ...]) -> bool:
-    names = [f.strip() for f in fields]
-    if not any(names) or not all(n == "" or _COLUMN_NAME.fullmatch(n) for n in names):
-        return False
-    return len(names) > 1 or names[0].lower() in url_columns
-
-
-def detect_format(path: Path, head: bytes, url_columns: tuple[str, ...] = URL_COLUMNS, option: str = "format=") -> str:
-    """One of :data:`FILE_FORMATS` for a file, from its first non-blank line
-    ``head`` (see :func:`first_line`) checked against its extension.
-
-    ``[`` starts a JSON list, ``{`` a JSON-lines file; a comma-separated line of
-    column names is a CSV header, which must name a URL column (one of
-    ``url_columns``, lower case); anything else is one URL per line. A file
-    that could be read two ways is refused with a :class:`DataError` that names
-    ``option`` (``format=`` for a source, ``--format`` for kd.predict): a header
-    without a URL column, rows that end in a label but have no header, content
-    that contradicts the extension.
-    """
-    suffix = path.suffix.lower()
-    if suffix == ".parquet" or head.startswith(b"PAR1"):
-        return "parquet"
-    text = head.decode("utf-8", errors="replace").strip()
-    fields = next(csv.reader([text]), [])
-    if text.startswith("["):
-        found = "json"
-    elif text.startswith("{") or (text.startswith('"') and suffix in (".jsonl", ".ndjson")):
-        found = "jsonl"
-    elif _looks_like_header(fields, url_columns):
-        if not {f.strip().lower() for f in fields} & set(url_columns):
-            raise DataError(
-                f"{path}: no url column in the first line, a CSV header with columns {fields} "
-                f"(looked for {list(url_columns)}); name it with {'url_column=...' if option == 'format=' else '--column'}, "
-                f"or, if the line is a URL, give {option}lines"
-            )
-        found = "csv"
-    elif len(fields) > 1 and fields[-1].strip().lower() in (*LABEL_VALUES, "0.0", "1.0"):
-        raise DataError(
-            f"{path}: the first line {text[:80]!r} looks like a CSV row with a label but no header; "
-            f"add a header line (url,label) or, if the line is one URL, give {option}lines"
-        )
-    else:
-        found = "lines"
-    allowed = _FORMATS_OF_SUFFIX.get(suffix)
-    if allowed is not None and found not in allowed:
-        raise DataError(
-            f"{path}: the name says {'/'.join(allowed)} but the first line {text[:80]!r} looks like {found}; "
-            f"give {option}{allowed[0]} or {option}{found} to say which"
-        )
-    return found
-
-
-BLANK = object()
-"""What a reader yields in place of a URL for a blank line (counted as ``blank_line``)."""
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, the row and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -260,75 +183,28 @@ def _has_bad_bytes(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
-def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path) -> str:
-    by_lower = {c.strip().lower(): c for c in columns}
-    if wanted is not None:
-        if wanted in columns:
-            return wanted
-        if wanted.lower() in by_lower:
-            return by_lower[wanted.lower()]
-        raise DataError(f"{path}: no {what} column {wanted!r}; columns are {columns}")
-    for name in candidates:
-        if name in by_lower:
-            return by_lower[name]
-    raise DataError(
-        f"{path}: no {what} column; looked for {list(candidates)} among {columns} "
-        f"(name it with {what}_column=...)"
-    )
-
-
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            yield number, raw.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
-
-
-def _read_csv(path: Path, spec: SourceSpec, need_label: bool) -> Iterator[tuple[int, object, object]]:
-    csv.field_size_limit(min(2**31 - 1, 2**62))
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: the file is empty (expected a header row)")
-        url_col = header.index(_pick_column(header, spec.url_column, URL_COLUMNS, "url", path))
-        label_col = None
-        if need_label:
-            label_col = header.index(_pick_column(header, spec.label_column, LABEL_COLUMNS, "label", path))
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                yield line, BLANK, None
-                continue
-            url = row[url_col] if url_col < len(row) else None
-            label = row[label_col] if label_col is not None and label_col < len(row) else None
-            yield line, url, label
-
-
-def _read_records(records, spec: SourceSpec, need_label: bool, where, unit: str = "item") -> Iterator[tuple[int, object, object]]:
-    """JSON-like records, ``(number, record)`` pairs: URL strings, or objects with
-    url/label keys. ``unit`` names the number in errors (``item``, ``line``)."""
+def _read_records(records, spec: SourceSpec, need_label: bool, where) -> Iterator[Row]:
+    """:class:`Row` s of JSON-like records (a JSON list, a parquet table, a hub
+    dataset), ``(number, record)`` pairs: URL strings, or objects with url/label
+    keys, the keys found in the first object."""
     url_key = label_key = None
     for index, record in records:
-        if record is BLANK:
-            yield index, BLANK, None
-            continue
         if isinstance(record, str):
             if need_label:
-                raise DataError(f"{where}: {unit} {index} is a bare URL, so the source needs label=...")
-            yield index, record, None
+                raise DataError(f"{where}: item {index} is a bare URL, so the source needs label=...")
+            yield Row(index, record)
             continue
         if not isinstance(record, dict):
-            raise DataError(f"{where}: {unit} {index} is {type(record).__name__}, expected a URL string or an object")
+            raise DataError(f"{where}: item {index} is {type(record).__name__}, expected a URL string or an object")
         if url_key is None:
-            url_key = _pick_column(list(record), spec.url_column, URL_COLUMNS, "url", where)
+            keys = list(record)
+            url_key = keys[column_index(keys, spec.url_column, URL_COLUMNS, "url", where, "url_column=...")]
             if need_label:
-                label_key = _pick_column(list(record), spec.label_column, LABEL_COLUMNS, "label", where)
-        yield index, record.get(url_key), record.get(label_key) if label_key else None
+                label_key = keys[column_index(keys, spec.label_column, LABEL_COLUMNS, "label", where, "label_column=...")]
+        yield Row(index, record.get(url_key), label=record.get(label_key) if label_key else None)
 
 
-def _read_hub(spec: SourceSpec, need_label: bool):
+def _read_hub(spec: SourceSpec, need_label: bool) -> Iterator[Row]:
     from kd.data.paths import HUB_DATASET
 
     name = spec.path[3:]
@@ -348,19 +224,14 @@ def _read_hub(spec: SourceSpec, need_label: bool):
     return _read_records(enumerate(table.to_list(), start=1), spec, need_label, f"hf:{name}")
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
-    for n, text in _read_lines(path):
-        if not text.strip():
-            yield n, BLANK
-            continue
-        try:
-            yield n, json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {n}: not valid JSON ({err.msg} at column {err.colno})") from err
+def _file_rows(path: Path, fmt: str, spec: SourceSpec, need_label: bool) -> Iterator[Row]:
+    """The rows of a local file in one of :data:`kd.data.reader.STREAM_FORMATS`, streamed by the reader."""
+    columns = Columns(url=spec.url_column, label=spec.label_column, need_label=need_label)
+    with open_input(path) as (lines, _):
+        yield from read_rows(lines, fmt, columns, where=path)
 
 
-def _detect_source_format(path: Path, spec: SourceSpec) -> str:
-    head = first_line(path)
+def _detect_source_format(path: Path, head: bytes, spec: SourceSpec) -> str:
     columns = URL_COLUMNS if spec.url_column is None else (spec.url_column.lower(),)
     fmt = detect_format(path, head, columns)
     first = head.decode("utf-8", errors="replace").strip().lower()
@@ -378,7 +249,10 @@ def read_source(
 
     ``line`` is the 1-based line (CSV / text / JSON lines) or item (JSON,
     parquet) number. The format is :func:`detect_format`'s unless
-    ``spec.format`` names one. Raises :class:`DataError` for a missing or empty
+    ``spec.format`` names one. One URL a line, CSV and JSON lines are read by
+    :func:`kd.data.reader.read_rows`, row for row as kd.predict reads them
+    (gzip and UTF-16 with a byte-order mark too); its rows without a URL are
+    counted as skips, except a JSON line that does not parse. Raises :class:`DataError` for a missing or empty
     file, an ambiguous format, a missing column, an unknown label value, or a
     source that yields no usable rows.
     """
@@ -395,17 +269,18 @@ def read_source(
         if not path.is_file():
             raise DataError(f"source file not found: {path}" + ("" if path.parent.is_dir() else f" (no folder {path.parent})"))
         where = str(path)
-        if first_line(path) is None:
+        head = input_head(path)
+        if head is None:
             raise DataError(f"{path}: empty file" + ("" if path.stat().st_size == 0 else " (only blank lines)"))
-        fmt = _detect_source_format(path, spec) if spec.format == "auto" else spec.format
+        fmt = _detect_source_format(path, head, spec) if spec.format == "auto" else spec.format
         if fmt == "lines":
             if need_label:
                 raise DataError(f"{path}: a one-URL-per-line file holds no labels; give label=phishing or label=legitimate")
-            rows = ((n, text if text.strip() else BLANK, None) for n, text in _read_lines(path))
+            rows = _file_rows(path, "lines", spec, need_label)
         elif fmt in ("csv", "hannousse", "phishtank"):
             if fmt == "phishtank" and need_label:
                 fixed_label, need_label = PHISHING, False  # PhishTank lists verified phishing only
-            rows = _read_csv(path, spec, need_label)
+            rows = _file_rows(path, "csv", spec, need_label)
         elif fmt == "json":
             with open(path, encoding="utf-8-sig", errors="surrogateescape") as handle:
                 try:
@@ -416,7 +291,7 @@ def read_source(
                 raise DataError(f"{path}: expected a JSON list of URLs or of {{url, label}} objects")
             rows = _read_records(enumerate(payload, start=1), spec, need_label, path)
         elif fmt == "jsonl":
-            rows = _read_records(_jsonl_records(path), spec, need_label, path, unit="line")
+            rows = _file_rows(path, "jsonl", spec, need_label)
         elif fmt == "parquet":
             import pandas as pd
 
@@ -429,21 +304,23 @@ def read_source(
             raise DataError(f"{path}: format {fmt!r} cannot be read from a file")
 
     out: list[tuple[int, str, int]] = []
-    for line, url, label in rows:
+    for row in rows:
         report.rows_read += 1
-        problem = "blank_line" if url is BLANK else "empty_url" if _is_missing(url) else url_problem(str(url).strip(), max_url_chars)
+        if row.skip == "invalid_json":  # a training file is expected to be well-formed JSON
+            raise DataError(f"{where}, line {row.line}: {row.reason}")
+        problem = row.skip or ("empty_url" if _is_missing(row.url) else url_problem(str(row.url).strip(), max_url_chars))
         if problem is not None:
             report.skipped[problem] += 1
             continue
-        url = str(url).strip()
+        url = str(row.url).strip()
         if need_label:
-            if _is_missing(label):
+            if _is_missing(row.label):
                 report.skipped["missing_label"] += 1
                 continue
-            label = parse_label(label, where=f"{where}, line {line}")
+            label = parse_label(row.label, where=f"{where}, line {row.line}")
         else:
             label = fixed_label
-        out.append((line, url, label))
+        out.append((row.line, url, label))
     if not out:
         raise DataError(f"{where}: no usable rows (read {report.rows_read}, skipped {dict(report.skipped)})")
     return out, report

@@ -15,10 +15,12 @@ import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from kd.data.reader import Columns, open_input, read_rows
 from kd.data.sources import DataError, ReadReport, SourceSpec, read_source
 from kd.data.urls import normalize_url, registrable_domain
 from models.encoder import LABEL_NAMES
@@ -282,4 +284,16 @@ def write_split_file(splits: DataSplits, path: Path) -> None:
         writer.writerow(["split", "label", "url"])
         for name, ex in splits.all_sets().items():
             writer.writerows((name, label, url) for url, label in zip(ex.urls, ex.labels))
+
+
+def read_split_file(path: Path) -> Iterator[tuple[str, int, str]]:
+    """``(split, label, url)`` of every row of a file :func:`write_split_file` wrote,
+    in its order, read by :func:`kd.data.reader.read_rows`. A row that does not
+    read is a :class:`DataError` naming its line: the file is the project's own."""
+    with open_input(path) as (lines, _):
+        for row in read_rows(lines, "csv", Columns(url="url", extra=("split", "label")), where=path):
+            if row.url is None or None in row.extra:
+                raise DataError(f"{path}, line {row.line}: {row.reason or 'a split or label cell is missing'}")
+            split, label = row.extra
+            yield split, int(label), row.url
 
