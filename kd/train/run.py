@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from kd.data.splits import DataSplits, write_split_file
+from kd.data.urls import with_url_normalizer
 from kd.eval.report import format_table, write_json
 from kd.eval.scoring import final_evaluation, scoring_precision_name
 from kd.train.config import save_config
@@ -43,7 +44,9 @@ def run_info(cfg, splits: DataSplits, extra: dict | None = None) -> dict:
 
 
 def make_saver(tokenizer, info: dict):
-    """``save(model, folder)``: a ``save_pretrained`` folder that any HF tool loads."""
+    """``save(model, folder)``: a ``save_pretrained`` folder that any HF tool loads,
+    whose tokenizer normalises raw URLs as training did (:func:`with_url_normalizer`)."""
+    tokenizer = with_url_normalizer(tokenizer)
 
     def save(model, folder: Path) -> None:
         record_tokenizer(model, tokenizer)
