@@ -6,7 +6,9 @@ up to date, in place.
 Its tokenizer gets the project's URL normalisation
 (:func:`kd.data.urls.with_url_normalizer`), so that ``transformers.pipeline``
 on a raw URL scores what ``kd.predict`` scores, and ``config.json`` records the
-new tokenizer's fingerprint. The weights are not touched. The tokenizer must
+new tokenizer's fingerprint; a folder with a ``metrics.json`` also gets its
+threshold fields in ``config.json`` and its model card
+(:func:`kd.eval.model_card.describe_folder`). The weights are not touched. The tokenizer must
 first pass the folder's own checks (its recorded fingerprint, its size): an
 upgrade never makes a wrong tokenizer look right.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from kd.data.urls import has_url_normalizer, with_url_normalizer
 from kd.errors import UsageError, run_cli
+from kd.eval.model_card import describe_folder
 from kd.eval.report import write_json
 from models.encoder import load_tokenizer
 from models.paths import TOKENIZER_FINGERPRINT, ModelFolderError, check_model_folder, tokenizer_fingerprint
@@ -46,6 +49,8 @@ def upgrade_folder(folder: str | Path) -> bool:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config[TOKENIZER_FINGERPRINT] = tokenizer_fingerprint(tokenizer)
     write_json(folder / "config.json", config)
+    if (folder / "metrics.json").is_file():
+        describe_folder(folder)
     return True
 
 

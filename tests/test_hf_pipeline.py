@@ -1,5 +1,6 @@
 """Issue 25: a saved folder scores a raw URL the same through ``transformers.pipeline``
 as through ``kd.predict``: its tokenizer carries the project's URL normalisation."""
+import json
 import random
 import re
 
@@ -132,7 +133,8 @@ def test_pipeline_matches_kd_predict_on_a_pruned_student(saved_teacher, tmp_path
 
 def test_folder_saved_before_is_upgraded_by_one_command(tmp_path, minilm_dir, capsys):
     """An older folder (plain save_pretrained, fingerprint of the unnormalising
-    tokenizer): kd.predict names the upgrade command; after it, parity holds."""
+    tokenizer, a metrics.json): kd.predict names the upgrade command; after it,
+    parity holds and the folder has its threshold fields and model card."""
     import torch
     from transformers import AutoTokenizer
 
@@ -149,12 +151,18 @@ def test_folder_saved_before_is_upgraded_by_one_command(tmp_path, minilm_dir, ca
     record_tokenizer(model, tokenizer)
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
+    scores = {"n": 10, "accuracy": 0.9, "precision": 0.8, "recall": 1.0, "f1": 0.89, "roc_auc": 0.95,
+              "tpr_at_1pct_fpr": 0.5, "confusion_matrix": [[5, 1], [0, 4]]}
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"threshold": 0.375, "scoring_precision": "fp32", "sets": {"validation": scores, "test": scores}}))
     assert max_difference(tmp_path) > 1e-3  # the gap the issue reports
 
     predict_main(["--model", str(tmp_path), "--device", "cpu", "http://www.google.com/"])
     assert f"python -m kd.upgrade {tmp_path}" in capsys.readouterr().err
     upgrade_main([str(tmp_path)])
     assert max_difference(tmp_path) <= 1e-5
+    assert json.loads((tmp_path / "config.json").read_text())["phishing_threshold"] == 0.375
+    assert "**0.375**" in (tmp_path / "README.md").read_text()
     predict_main(["--model", str(tmp_path), "--device", "cpu", "http://www.google.com/"])
     assert "kd.upgrade" not in capsys.readouterr().err
     upgrade_main([str(tmp_path)])
