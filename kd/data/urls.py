@@ -2,12 +2,13 @@
 
 Normalisation removes collection artefacts that a model would learn instead of
 phishing (see ``../shared/data/README.md``): HTML-entity residue, the scheme,
-a leading ``www.``, trailing ``/`` and host case.
+leading ``www.``, trailing ``/`` and host case.
 
 The rewrites are data (:data:`URL_REWRITES`): :func:`normalize_url` applies them
-with :mod:`re`, and :func:`models.urlnorm.url_normalizer` builds the same
-rewrites as a ``tokenizers`` normalizer that every saved tokenizer carries, so
-that ``transformers.pipeline`` on a raw URL sees what the model was trained on.
+with :mod:`re`, and :func:`with_url_normalizer` puts the same rewrites into a
+tokenizer's ``tokenizers`` normalizer, which every saved folder's tokenizer
+carries, so that ``transformers.pipeline`` on a raw URL sees what the model was
+trained on.
 The patterns use only syntax that Python's ``re`` and Oniguruma (the
 ``tokenizers`` regex engine) read alike: ``\\A`` for the start, ``(?![\\s\\S])``
 for the end, explicit character classes instead of flags.
