@@ -183,7 +183,7 @@ def distill_generative(cfg: QLoRARunConfig, resume: bool = False, on_step=None) 
                     cfg.train, out_dir, save=make_adapter_saver(tokenizer, prompt, info), device=device, resume=resume,
                     on_step=on_step)
     results = finish_run(out_dir, student, tokenized, cfg, amp, started, load=load_best_adapters,
-                         throughput=trained.throughput)
+                         throughput=trained.throughput, model_card=False)
     results.update({
         "trainable_parameters": trainable,
         "total_parameters": total,

@@ -54,7 +54,8 @@ from kd.data.reader import (
     read_rows,
 )
 from kd.data.sources import url_problem
-from kd.data.urls import normalize_url
+from kd.data.urls import has_url_normalizer, normalize_url
+from kd.upgrade import UPGRADE_COMMAND
 from kd.train.distributed import DistInfo, all_reduce_sum, barrier, close_distributed, default_device, init_distributed
 
 DEFAULT_MAX_CHARS = 2048
@@ -514,6 +515,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             saved = saved_precision(args.model)
         except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
             raise UsageError(str(err)) from err
+        if shard.is_main and not has_url_normalizer(tokenizer):
+            print(f"note: the tokenizer of {args.model} does not normalise URLs, so transformers.pipeline on it scores "
+                  f"raw URLs differently from kd.predict; add the normalisation with: {UPGRADE_COMMAND} {args.model}",
+                  file=sys.stderr)
         model = scoring_model(model, compile=args.compile)
         threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
         if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision

@@ -17,7 +17,7 @@ def cli_mains():
     import quantize
     import train_student
     import train_teacher
-    from kd import ablation, bench, demo, evaluate, merge_adapters, predict
+    from kd import ablation, bench, demo, evaluate, merge_adapters, predict, upgrade
 
     return {
         "train_teacher.py": (train_teacher.main, ["--set", "train.metric=f11"], "train.metric must be one of"),
@@ -32,6 +32,7 @@ def cli_mains():
         "kd.bench": (bench.main, ["--quick", "--steps", "0"], "must be at least 1"),
         "kd.demo": (demo.main, ["--set", "train.eval_batch_size=0"], "train.eval_batch_size must be >= 1"),
         "kd.merge_adapters": (merge_adapters.main, ["runs/no/adapters", "out"], "is not an adapter folder"),
+        "kd.upgrade": (upgrade.main, ["runs/no/such/model"], "is no model folder"),
     }
 
 

@@ -96,3 +96,18 @@ def test_labels_of_points_that_coincide_go_on_separate_lines():
     # bf16 and dynamic-int8 students: same F1, sizes 10 % apart; a third on the same spot; fp32 far away.
     points = [(17.8, 0.9607), (19.6, 0.9607), (18.5, 0.9607), (35.5, 0.9607), (17.1, 0.9575), (90.9, 0.9663)]
     assert label_rows(points) == [0, 1, 2, 0, 0, 0]
+
+
+def test_quantized_folder_carries_run_record_and_card(report, tiny_teacher_run, tmp_path):
+    """Issue 25: kd.evaluate finds the data spec in a quantized folder without --config."""
+    from kd.data.urls import has_url_normalizer
+    from kd.evaluate import main as evaluate_main
+    from test_model_card import check_card_is_the_folders
+
+    folder = tiny_teacher_run / "quantized" / "student-nf4"
+    source = json.loads((tiny_teacher_run / "student-for-quantize" / "best" / "run_info.json").read_text())
+    assert json.loads((folder / "run_info.json").read_text()) == source
+    check_card_is_the_folders(folder)
+    assert has_url_normalizer(load_classifier(folder)[1])
+    result = evaluate_main(["--model", str(folder), "--out", str(tmp_path / "eval")])
+    assert result["sets"]["test"]["n"] == 16

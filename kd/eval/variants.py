@@ -6,12 +6,14 @@ from __future__ import annotations
 import gc
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
 
 from kd.data.batching import tokenize
 from kd.eval.inference import scoring_model
+from kd.eval.model_card import describe_folder
 from kd.eval.measure import measure_latency, measure_throughput, memory_footprint_bytes, parameter_count, size_on_disk_bytes
 from kd.eval.report import markdown_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
@@ -20,6 +22,7 @@ from models.quantized import QUANTIZED_PRECISIONS, load_classifier, save_quantiz
 TEACHER_PRECISIONS = ("fp32", "bf16")
 STUDENT_BASE_PRECISIONS = ("fp32", "bf16")
 REPORT_METRICS = ("accuracy", "f1", "roc_auc", "tpr_at_1pct_fpr")
+RUN_INFO = "run_info.json"
 
 
 def default_quantized_precisions(device: torch.device) -> list[str]:
@@ -31,12 +34,16 @@ def save_variant(source: Path, precision: str, folder: Path, device: torch.devic
     """Load ``source`` in ``precision`` and save it to ``folder`` before any forward
     (bitsandbytes repacks 4-bit weights on the first CPU forward; see save_quantized).
     ``folder`` is new or empty: quantize.py writes it under a temporary name
-    (:func:`kd.train.outputs.publish_folder`). Returns the bytes saved (weights, config, tokenizer)."""
+    (:func:`kd.train.outputs.publish_folder`). The source's ``run_info.json`` comes
+    along. Returns the bytes saved (weights, config, tokenizer)."""
     model, tokenizer = load_classifier(source, precision, device)
     save_quantized(model, tokenizer, folder, precision)
     del model
     gc.collect()
-    return size_on_disk_bytes(folder)
+    size = size_on_disk_bytes(folder)
+    if (Path(source) / RUN_INFO).is_file():  # the data spec: kd.evaluate rebuilds the split from it
+        shutil.copyfile(Path(source) / RUN_INFO, folder / RUN_INFO)
+    return size
 
 
 def variant_scoring_precision(source: Path, precision: str) -> str:
@@ -53,7 +60,7 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
                   max_length: int, batch_size: int, latency_repeats: int, throughput_urls: int) -> dict:
     """Reload a saved variant and measure it: memory, accuracy, latency, throughput.
     Its threshold, scoring precision and metrics go to ``folder/metrics.json``
-    (read by kd.predict and kd.evaluate), its ROC curves to ``folder/roc.png``. It is
+    (read by kd.predict and kd.evaluate), ``config.json`` and the model card, its ROC curves to ``folder/roc.png``. It is
     scored as kd.predict scores it (``kd.eval.inference.scoring_model``); its size
     is the loaded model's."""
     model, tokenizer = load_classifier(folder, device=device)
@@ -62,6 +69,7 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
     tokenized = {name: tokenize(sets[name], tokenizer, max_length) for name in set_names}
     evaluation = final_evaluation(scorer, tokenized, batch_size, scoring_precision, folder)
     write_json(folder / "metrics.json", evaluation)
+    describe_folder(folder)
     threshold, sets = evaluation["threshold"], evaluation["sets"]
     test_urls = splits.test.urls
     row = {

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from kd.data.splits import DataSplits, write_split_file
+from kd.data.urls import with_url_normalizer
+from kd.eval.model_card import describe_folder
 from kd.eval.report import format_table, write_json
 from kd.eval.scoring import final_evaluation, scoring_precision_name
 from kd.train.config import save_config
@@ -43,7 +45,9 @@ def run_info(cfg, splits: DataSplits, extra: dict | None = None) -> dict:
 
 
 def make_saver(tokenizer, info: dict):
-    """``save(model, folder)``: a ``save_pretrained`` folder that any HF tool loads."""
+    """``save(model, folder)``: a ``save_pretrained`` folder that any HF tool loads,
+    whose tokenizer normalises raw URLs as training did (:func:`with_url_normalizer`)."""
+    tokenizer = with_url_normalizer(tokenizer)
 
     def save(model, folder: Path) -> None:
         record_tokenizer(model, tokenizer)
@@ -63,10 +67,11 @@ def start_run(cfg, out_dir: Path, splits: DataSplits) -> None:
 
 
 def finish_run(out_dir: Path, model, tokenized, cfg, amp_dtype, started: float, log=print, load=None,
-               throughput: dict | None = None) -> dict:
+               throughput: dict | None = None, model_card: bool = True) -> dict:
     """Load the best checkpoint's weights (``load(model, folder)``, default
-    :func:`load_weights`), evaluate every set, write ``metrics.json`` into the
-    best checkpoint and ``results.json`` into the run, with the loop's
+    :func:`load_weights`), evaluate every set, write ``metrics.json`` and (``model_card``:
+    a sequence classifier's folder, not QLoRA adapters) the model card and threshold
+    fields (:func:`describe_folder`) into the best checkpoint and ``results.json`` into the run, with the loop's
     ``throughput`` (``TrainResult.throughput``: samples and tokens per second, peak memory)."""
     best = out_dir / "best"
     (load or load_weights)(model, best)
@@ -75,6 +80,8 @@ def finish_run(out_dir: Path, model, tokenized, cfg, amp_dtype, started: float, 
     evaluation.update(throughput or {})
     evaluation["best_checkpoint"] = str(best.resolve().name)
     write_json(best / "metrics.json", evaluation)
+    if model_card:
+        describe_folder(best)
     write_json(out_dir / "results.json", evaluation)
     log(format_table(evaluation["sets"], f"results (threshold {evaluation['threshold']:.3f} chosen on validation)"))
     return evaluation
