@@ -38,13 +38,17 @@ def predict_tokenized(
     each batch's logits are written back to its examples' input positions, so
     little compute goes to padding and the order is the caller's. Row ``i``
     equals scoring example ``i`` alone, up to float rounding. ``autocast_dtype``
-    (e.g. bf16) runs the forward under autocast.
+    (e.g. bf16) runs the forward under autocast. ``model`` may also be an ONNX
+    Runtime session behind the same interface (:class:`models.onnx.OnnxClassifier`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if model.training:  # eval() walks every submodule: about 0.5 ms, a seventh of a batch-1 call on the CPU
         model.eval()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:  # a model without parameters (models.onnx.OnnxClassifier) scores on the CPU
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
     out = torch.empty((len(data), model.config.num_labels), dtype=torch.float32)
     batches = eval_batches(data.lengths, batch_size)
     if progress:  # a disabled tqdm still costs about 0.05 ms, a thirtieth of a compiled batch-1 call
