@@ -168,3 +168,12 @@ def test_a_failed_export_leaves_the_previous_folder(source_dir, fp32_dir, tmp_pa
         export("--model", source_dir, "--out", out)
     assert (out / "model.onnx").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_latency_and_throughput_measures_take_an_onnx_session(int8_dir):
+    from kd.eval.measure import measure_latency, measure_throughput
+    from models.onnx import load_onnx_classifier
+
+    session, tokenizer = load_onnx_classifier(int8_dir, threads=1)
+    assert measure_latency(session, tokenizer, urls(8), warmup=1, repeats=2) > 0
+    assert measure_throughput(session, tokenizer, urls(8), batch_size=4) > 0
