@@ -177,3 +177,17 @@ def test_the_latency_and_throughput_measures_take_an_onnx_session(int8_dir):
     session, tokenizer = load_onnx_classifier(int8_dir, threads=1)
     assert measure_latency(session, tokenizer, urls(8), warmup=1, repeats=2) > 0
     assert measure_throughput(session, tokenizer, urls(8), batch_size=4) > 0
+
+
+def test_evaluate_rebuilds_the_split_of_an_export_and_scores_it_as_the_torch_folder(tiny_teacher_run, tmp_path):
+    from kd.evaluate import main as evaluate
+
+    best = tiny_teacher_run / "teacher" / "best"
+    assert export("--model", best, "--out", tmp_path / "onnx") == 0
+    torch_result = evaluate(["--model", str(best), "--out", str(tmp_path / "eval-torch")])
+    onnx_result = evaluate(["--model", str(tmp_path / "onnx"), "--out", str(tmp_path / "eval-onnx")])
+    assert onnx_result["scoring_precision"] == "onnx-fp32"
+    assert onnx_result["threshold"] == pytest.approx(torch_result["threshold"], abs=1e-4)
+    for name in ("validation", "test"):
+        assert onnx_result["sets"][name]["roc_auc"] == pytest.approx(torch_result["sets"][name]["roc_auc"], abs=1e-4)
+        assert onnx_result["sets"][name]["n"] == torch_result["sets"][name]["n"]
