@@ -647,6 +647,7 @@ input order, into the same files as one process would write.
 examples:
   python -m kd.predict --model runs/student http://paypal.com.verify.xyz/login
   python -m kd.predict --model runs/student-nf4 --input urls.txt --output scores.csv
+  python -m kd.predict --model runs/student-onnx-int8 --input urls.txt --output scores.csv   # kd.export --int8
   python -m kd.predict --model runs/teacher --input data.csv --column link --output scores.csv
   grep paypal urls.txt | python -m kd.predict --model runs/student --input - --output scores.csv
   torchrun --nproc_per_node 2 -m kd.predict --model runs/student --input urls.txt --output scores.csv""",
@@ -751,7 +752,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if onnx:
             threshold, saved, source = saved_scoring(args.model)
             scoring = f"ONNX Runtime {model.precision}"
-            if model.precision != saved and shard.is_main:
+            if source != "default" and model.precision != saved and shard.is_main:
                 print(f"note: the saved threshold was chosen for the {saved} model, this is its ONNX {model.precision} "
                       "export", file=sys.stderr)
         else:
