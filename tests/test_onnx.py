@@ -191,3 +191,21 @@ def test_evaluate_rebuilds_the_split_of_an_export_and_scores_it_as_the_torch_fol
     for name in ("validation", "test"):
         assert onnx_result["sets"][name]["roc_auc"] == pytest.approx(torch_result["sets"][name]["roc_auc"], abs=1e-4)
         assert onnx_result["sets"][name]["n"] == torch_result["sets"][name]["n"]
+
+
+def test_an_export_without_its_record_is_one_line_and_status_2(fp32_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(fp32_dir, broken)
+    (broken / "onnx_export.json").unlink()
+    assert predict(broken, "a.com") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no readable onnx_export.json" in err and "kd.export" in err
+
+
+def test_export_without_the_onnx_packages_names_the_extra(source_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    assert export("--model", source_dir, "--out", tmp_path / "out") == 2
+    assert "pip install '.[onnx]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
