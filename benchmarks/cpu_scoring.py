@@ -3,8 +3,11 @@ in the variants issue 15 asks to try: the transformers forward in fp32 and bf16
 (the baseline), the fused BERT forward that kd.predict scores with
 (``models.fused_bert``, SDPA attention) in fp32, under bf16 autocast, with bf16
 weights and under torch.compile (``kd.eval.inference.scoring_model(compile=True)``,
-``kd.predict --compile``: inductor's weight freezing and C++ GEMM templates), and
-torch dynamic int8 (which keeps the transformers forward).
+``kd.predict --compile``: inductor's weight freezing and C++ GEMM templates),
+torch dynamic int8 (which keeps the transformers forward), and the ONNX export
+of ``python -m kd.export`` scored by ONNX Runtime in fp32 and after its dynamic
+int8 quantization (``--int8``; issue 25), with ``intra_op_num_threads`` set to
+the torch thread count.
 
 The student is the default preset's shape without training one: 3 layers taken
 from the packaged MiniLM (``models.student.student_from_teacher``), vocabulary
@@ -18,6 +21,7 @@ MFU = 2 x N x real tokens/s over the bf16 matmul rate measured in the same run
 call and the first 256-URL call, where torch.compile compiles.
 
     python benchmarks/cpu_scoring.py --out benchmarks/cpu-scoring.json
+    python benchmarks/cpu_scoring.py --variants "bf16,ONNX Runtime int8" --urls 512 --repeats 100
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from kd.data.urls import normalize_url  # noqa: E402
 from kd.eval.inference import predict_logits, scoring_model  # noqa: E402
 from kd.eval.measure import matmul_tflops, measure_latency, measure_throughput, parameter_count  # noqa: E402
 from kd.eval.report import markdown_table  # noqa: E402
+from kd.export import export_folder  # noqa: E402
 from kd.train.runinfo import device_description, library_versions  # noqa: E402
 from models.encoder import build_classifier, load_tokenizer  # noqa: E402
 from models.quantized import load_classifier  # noqa: E402
@@ -56,6 +61,8 @@ VARIANTS = {  # name -> (load precision, autocast dtype, fused forward, compile)
     "bf16 + torch.compile": ("bf16", None, True, True),
     "dynamic-int8": ("dynamic-int8", None, False, False),
 }
+ONNX_VARIANTS = {"ONNX Runtime fp32": False, "ONNX Runtime int8": True}
+"""name -> int8: the ONNX Runtime rows, scoring the student's ``kd.export`` folder."""
 
 
 def build_student(folder: Path, urls: list[str]) -> Path:
@@ -66,12 +73,26 @@ def build_student(folder: Path, urls: list[str]) -> Path:
     return folder
 
 
-def measure(folder: Path, name: str, urls: list[str], repeats: int, rounds: int, ceiling: float) -> dict:
+def load_variant(folder: Path, name: str):
+    """``(model, tokenizer, autocast dtype)`` of variant ``name`` of the student in ``folder``."""
+    if name in ONNX_VARIANTS:
+        from models.onnx import load_onnx_classifier
+
+        exported = folder.with_name(f"{folder.name}-onnx-{'int8' if ONNX_VARIANTS[name] else 'fp32'}")
+        if not exported.exists():
+            export_folder(folder, exported, int8=ONNX_VARIANTS[name])
+        model, tokenizer = load_onnx_classifier(exported, threads=torch.get_num_threads())
+        return model, tokenizer, None
     precision, amp, fused, compile_ = VARIANTS[name]
     model, tokenizer = load_classifier(folder, precision, "cpu")
-    n = parameter_count(model, without_embeddings=True)
     if fused:
         model = scoring_model(model, compile=compile_)
+    return model, tokenizer, amp
+
+
+def measure(folder: Path, name: str, urls: list[str], repeats: int, rounds: int, ceiling: float) -> dict:
+    n = parameter_count(load_classifier(folder, "fp32", "cpu")[0], without_embeddings=True)
+    model, tokenizer, amp = load_variant(folder, name)
     lengths = tokenize(Examples([normalize_url(u) for u in urls], [0] * len(urls)), tokenizer).lengths
     real, padded = token_counts(lengths, eval_batches(lengths, 256))
     started = time.perf_counter()
@@ -98,8 +119,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--urls", type=int, default=8192, help="Hannousse URLs scored at batch 256 (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=400, help="timed batch-1 calls per round (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per figure, the median kept (default: %(default)s)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, of: " + ", ".join(VARIANTS))
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--variants", default=",".join([*VARIANTS, *ONNX_VARIANTS]),
+                        help="comma-separated, of: " + ", ".join([*VARIANTS, *ONNX_VARIANTS]))
+    parser.add_argument("--threads", type=int, help="torch threads, and ONNX Runtime's intra-op threads "
+                        "(default: torch's, one per core)")
     parser.add_argument("--data-dir", help="folder with hannousse/ (default: ../shared/data or ./data)")
     parser.add_argument("--out", type=Path, help="results JSON (+ .md beside it)")
     args = parser.parse_args(argv)

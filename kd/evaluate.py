@@ -9,7 +9,8 @@ changes single fields of it, ``--config`` replaces it with a preset's and
 ``--source`` replaces its sources. The spec used is printed. The threshold
 maximises F1 on the validation split and is applied unchanged to every test set. URLs are scored in the model's
 recorded scoring precision (``scoring_precision`` in its metrics.json, as
-training, quantize.py and kd.predict do; without one, as loaded). Writes OUT/eval.json and
+training, quantize.py and kd.predict do; without one, as loaded); an ONNX
+export (``kd.export``) is scored by ONNX Runtime as exported. Writes OUT/eval.json and
 OUT/roc.png (OUT defaults to the model folder's parent run / eval-<name>).
 """
 from __future__ import annotations
@@ -73,10 +74,12 @@ def data_config_for(model_dir: Path, args) -> DataConfig:
 
 
 def main(argv=None) -> dict:
+    from models.onnx import is_onnx_folder, load_onnx_classifier
     from models.quantized import load_classifier, saved_precision
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a saved model folder (teacher, student or quantized)")
+    parser.add_argument("--model", required=True,
+                        help="a saved model folder (teacher, student, quantized, or an ONNX export of kd.export)")
     add_data_arguments(parser)
     parser.add_argument("--max-length", type=token_length, default=128, help="tokens per URL (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="URLs per forward pass (default 256)")
@@ -89,11 +92,16 @@ def main(argv=None) -> dict:
     with usage_errors():
         data_cfg = data_config_for(model_dir, args)
     check_max_length(model_dir, args.max_length)
-    model, tokenizer = load_classifier(model_dir)
-    _, scoring, _ = saved_scoring(model_dir, default_precision=saved_precision(model_dir))
+    if is_onnx_folder(model_dir):  # kd.export's folder, scored by ONNX Runtime as exported
+        scorer, tokenizer = load_onnx_classifier(model_dir)
+        scoring = f"onnx-{scorer.precision}"
+    else:
+        model, tokenizer = load_classifier(model_dir)
+        _, scoring, _ = saved_scoring(model_dir, default_precision=saved_precision(model_dir))
+        scorer = scoring_model(model)
     _, tokenized = prepare_data(data_cfg, tokenizer, args.max_length)
     out.mkdir(parents=True, exist_ok=True)
-    result = final_evaluation(scoring_model(model), tokenized, args.batch_size, scoring, out)
+    result = final_evaluation(scorer, tokenized, args.batch_size, scoring, out)
     result["model"] = str(model_dir)
     write_json(out / "eval.json", result)
     print(format_table(result["sets"], f"{model_dir} (threshold {result['threshold']:.3f} chosen on validation)"))

@@ -1,4 +1,4 @@
-"""Score URLs with a saved classifier (teacher, student or quantized).
+"""Score URLs with a saved classifier (teacher, student, quantized or ONNX export).
 
     python -m kd.predict --model DIR URL [URL ...]
     python -m kd.predict --model DIR --input urls.txt --output scores.csv
@@ -369,6 +369,19 @@ def print_table(model, tokenizer, urls: list[str], threshold: float, max_chars: 
     return failed
 
 
+def check_onnx_options(args: argparse.Namespace) -> None:
+    """Refuse the options that an ONNX folder (``kd.export``) cannot honour: it
+    scores on the CPU with ONNX Runtime, in the precision it was exported in."""
+    if args.precision is not None:
+        raise UsageError(f"{args.model} is an ONNX export, scored in the precision it was exported in; "
+                         "drop --precision (python -m kd.export --int8 writes an int8 one)")
+    if args.compile:
+        raise UsageError(f"{args.model} is an ONNX export, scored by ONNX Runtime: drop --compile")
+    if args.device not in (None, "cpu"):
+        raise UsageError(f"{args.model} is an ONNX export, scored by ONNX Runtime on the CPU: "
+                         f"drop --device {args.device}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.quantized import PRECISIONS
 
@@ -376,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m kd.predict",
         description="""\
 Score URLs as phishing or legitimate with a saved classifier folder: a teacher,
-a student, or a quantized model written by quantize.py (its precision is read
-from the folder). URLs are normalised as in training: HTML-entity residue
+a student, a quantized model written by quantize.py (its precision is read
+from the folder), or an ONNX export written by kd.export (scored on the CPU
+with ONNX Runtime). URLs are normalised as in training: HTML-entity residue
 decoded; scheme, leading 'www.' and trailing '/' removed; host lower-cased.
 label is 'phishing' when probability_phishing >= threshold.""",
         epilog="""\
@@ -420,6 +434,7 @@ input order, into the same files as one process would write.
 examples:
   python -m kd.predict --model runs/student http://paypal.com.verify.xyz/login
   python -m kd.predict --model runs/student-nf4 --input urls.txt --output scores.csv
+  python -m kd.predict --model runs/student-onnx-int8 --input urls.txt --output scores.csv   # kd.export --int8
   python -m kd.predict --model runs/teacher --input data.csv --column link --output scores.csv
   grep paypal urls.txt | python -m kd.predict --model runs/student --input - --output scores.csv
   torchrun --nproc_per_node 2 -m kd.predict --model runs/student --input urls.txt --output scores.csv""",
@@ -503,29 +518,42 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from transformers.utils import logging as hf_logging
 
+    from models.onnx import is_onnx_folder, load_onnx_classifier
     from models.quantized import load_classifier, saved_precision
 
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars; ours is the one to watch
     shard = init_distributed()
     try:
         device = args.device or (default_device(shard) if shard.enabled else None)
+        onnx = is_onnx_folder(args.model)
         try:
             check_max_length(args.model, args.max_length)
-            model, tokenizer = load_classifier(args.model, args.precision, device)
-            saved = saved_precision(args.model)
+            if onnx:
+                check_onnx_options(args)
+                model, tokenizer = load_onnx_classifier(args.model)
+            else:
+                model, tokenizer = load_classifier(args.model, args.precision, device)
+                saved = saved_precision(args.model)
         except ValueError as err:  # an unloadable folder or format, or a precision the device cannot run
             raise UsageError(str(err)) from err
         if shard.is_main and not has_url_normalizer(tokenizer):
             print(f"note: the tokenizer of {args.model} does not normalise URLs, so transformers.pipeline on it scores "
                   f"raw URLs differently from kd.predict; add the normalisation with: {UPGRADE_COMMAND} {args.model}",
                   file=sys.stderr)
-        model = scoring_model(model, compile=args.compile)
-        threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
-        if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision
-            scoring = args.precision
-            if shard.is_main:
-                print(f"note: the saved threshold was chosen for the {saved} model, this is its {scoring} variant",
-                      file=sys.stderr)
+        if onnx:
+            threshold, saved, source = saved_scoring(args.model)
+            scoring = f"ONNX Runtime {model.precision}"
+            if source != "default" and model.precision != saved and shard.is_main:
+                print(f"note: the saved threshold was chosen for the {saved} model, this is its ONNX {model.precision} "
+                      "export", file=sys.stderr)
+        else:
+            model = scoring_model(model, compile=args.compile)
+            threshold, scoring, source = saved_scoring(args.model, default_precision=saved)
+            if args.precision not in (None, saved):  # quantized on the fly: the variant's own precision
+                scoring = args.precision
+                if shard.is_main:
+                    print(f"note: the saved threshold was chosen for the {saved} model, this is its {scoring} variant",
+                          file=sys.stderr)
         if args.threshold is not None:
             threshold, source = args.threshold, "--threshold"
         elif source == "default" and (Path(args.model) / "run_info.json").is_file():
@@ -537,7 +565,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             print(f"threshold {threshold:g} ({source}), scoring in {scoring}"
                   + (f", {shard.world_size} processes" if shard.enabled else ""), file=sys.stderr)
         predict_kwargs = {"batch_size": args.batch_size, "max_length": args.max_length,
-                          "autocast_dtype": scoring_autocast(scoring)}
+                          "autocast_dtype": None if onnx else scoring_autocast(scoring)}
         if args.urls:
             return 1 if print_table(model, tokenizer, args.urls, threshold, args.max_chars, **predict_kwargs) else 0
 

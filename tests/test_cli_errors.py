@@ -17,7 +17,7 @@ def cli_mains():
     import quantize
     import train_student
     import train_teacher
-    from kd import ablation, bench, demo, evaluate, merge_adapters, predict, upgrade
+    from kd import ablation, bench, demo, evaluate, export, merge_adapters, predict, upgrade
 
     return {
         "train_teacher.py": (train_teacher.main, ["--set", "train.metric=f11"], "train.metric must be one of"),
@@ -27,6 +27,7 @@ def cli_mains():
         "train_student.py --generative": (train_student.main, ["--generative", "--set", "train.log_every=0"], "train.log_every must be >= 1"),
         "kd.evaluate": (evaluate.main, ["--model", "runs/no/such/model", "--set", "train.warmup_ratio=1"], "train.warmup_ratio must be in"),
         "kd.predict": (predict.main, ["--model", "runs/no/such/model", "example.org"], "no such folder: runs/no/such/model"),
+        "kd.export": (export.main, ["--model", "runs/no/such/model", "--out", "out"], "no such folder: runs/no/such/model"),
         "quantize.py": (quantize.main, ["--student", "runs/no/such/student"], "no such folder: runs/no/such/student"),
         "kd.ablation": (ablation.main, ["no-such-grid.yaml"], "no-such-grid.yaml"),
         "kd.bench": (bench.main, ["--quick", "--steps", "0"], "must be at least 1"),

@@ -20,6 +20,13 @@ from models.paths import NO_REMOTE_CODE, resolve_model_path
 from models.verbalizer import VerbalizerClassifier
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter; the CPU for a model with none
+    (an ONNX Runtime session, :class:`models.onnx.OnnxClassifier`)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 @torch.inference_mode()
 def predict_tokenized(
     model: torch.nn.Module,
@@ -38,13 +45,14 @@ def predict_tokenized(
     each batch's logits are written back to its examples' input positions, so
     little compute goes to padding and the order is the caller's. Row ``i``
     equals scoring example ``i`` alone, up to float rounding. ``autocast_dtype``
-    (e.g. bf16) runs the forward under autocast.
+    (e.g. bf16) runs the forward under autocast. ``model`` may also be an ONNX
+    Runtime session behind the same interface (:class:`models.onnx.OnnxClassifier`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if model.training:  # eval() walks every submodule: about 0.5 ms, a seventh of a batch-1 call on the CPU
         model.eval()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     out = torch.empty((len(data), model.config.num_labels), dtype=torch.float32)
     batches = eval_batches(data.lengths, batch_size)
     if progress:  # a disabled tqdm still costs about 0.05 ms, a thirtieth of a compiled batch-1 call

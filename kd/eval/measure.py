@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
-from kd.eval.inference import predict_logits
+from kd.eval.inference import model_device, predict_logits
 
 
 def synchronize(device: torch.device) -> None:
@@ -112,7 +112,7 @@ def measure_latency(
     Batch ``i`` holds ``urls[i*b : (i+1)*b]`` (cycling), so the times cover a
     spread of lengths; the first ``warmup`` batches are not timed.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     times = []
     for i in range(warmup + repeats):
         batch = [urls[(i * batch_size + j) % len(urls)] for j in range(batch_size)]
@@ -131,7 +131,7 @@ def measure_throughput(
 ) -> float:
     """URLs per second scoring all of ``urls`` (sorted by length into batches, as the
     evaluation does) after one warm-up batch, end to end as in :func:`measure_latency`."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     kwargs = {"batch_size": batch_size, "max_length": max_length, "autocast_dtype": autocast_dtype}
     predict_logits(model, tokenizer, urls[:batch_size], **kwargs)
     synchronize(device)
