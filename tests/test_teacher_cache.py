@@ -89,13 +89,18 @@ def rank_worker(rank: int, port: int, cache: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_under_torchrun_rank_zero_fills_the_cache_and_the_others_read_it(tmp_path):
+def run_two_ranks(worker, cache: Path, out: Path) -> list:
+    """Spawn ``worker(rank, port, cache, out)`` on 2 gloo ranks; what each wrote to ``out/rank{r}.json``."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    mp.spawn(worker, args=(port, str(cache), str(out)), nprocs=2, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_under_torchrun_rank_zero_fills_the_cache_and_the_others_read_it(tmp_path):
     cache = tmp_path / "t.safetensors"
-    mp.spawn(rank_worker, args=(port, str(cache), str(tmp_path)), nprocs=2, join=True)
-    calls = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    calls = run_two_ranks(rank_worker, cache, tmp_path)
     assert calls == [[len(URLS)], []]
     for r in range(2):
         torch.testing.assert_close(load_file(str(tmp_path / f"rank{r}.safetensors"))["logits"], fake_logits(URLS))
@@ -128,12 +133,8 @@ def slow_rank_worker(rank: int, port: int, cache: str, out: str) -> None:
 def test_ranks_that_wait_too_long_for_rank_zero_say_which_setting_waits_longer(tmp_path):
     """The ranks wait in a gloo group of their own with the configured limit, not the training group's
     (NCCL: 10 minutes, then the watchdog kills them without a Python error)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     cache = tmp_path / "t.safetensors"
-    mp.spawn(slow_rank_worker, args=(port, str(cache), str(tmp_path)), nprocs=2, join=True)
-    errors = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    errors = run_two_ranks(slow_rank_worker, cache, tmp_path)
     for error in errors:  # rank 1 after 3 s; rank 0 when it finds rank 1 gone
         assert error is not None and "KD_TEACHER_CACHE_WAIT_MINUTES" in error and "(0.05 min)" in error, errors
     assert load_file(str(cache))["keys"].tolist() == example_keys(URLS).tolist()  # rank 0's work is kept
