@@ -25,7 +25,6 @@ import os
 import shutil
 import stat
 import sys
-import uuid
 import zlib
 from collections.abc import Iterable
 from contextlib import contextmanager, suppress
@@ -38,6 +37,7 @@ from kd.argtypes import positive_int, probability, token_length
 from kd.data.batching import windows
 from kd.errors import OutputFailed, UsageError, run_cli
 from kd.eval.inference import check_max_length, predict_proba, scoring_model
+from kd.eval.report import temp_path_beside
 from kd.eval.scoring import saved_scoring, scoring_autocast
 from kd.data.reader import (
     EXCERPT_CHARS,
@@ -162,15 +162,10 @@ def check_paths(input_path: Path, output_path: Path, rejects_path: Path) -> None
             raise InputFormatError(f"{name} {path}: no folder {path.resolve().parent}")
 
 
-def _temp_path(path: Path) -> Path:
-    """A hidden name beside ``path`` that no file has yet (``uuid4``; opened with ``x`` to be sure)."""
-    return path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-
-
 def _open_temp(path: Path):
     """A new text file beside ``path`` under a hidden temporary name, with the mode
     any new file gets under the umask (``mkstemp``'s 0600 would survive the rename)."""
-    return open(_temp_path(path), "x", newline="", encoding="utf-8")
+    return open(temp_path_beside(path), "x", newline="", encoding="utf-8")
 
 
 @contextmanager
@@ -180,10 +175,14 @@ def stdin_as_file(beside: Path):
     which a pipe cannot be. Raises :class:`OutputFailed` if the copy cannot be written."""
     if not beside.resolve().parent.is_dir():
         raise UsageError(f"--output {beside}: no folder {beside.resolve().parent}")
-    copy = _temp_path(beside)
+    copy = temp_path_beside(beside)
+    try:
+        out = open(copy, "xb")  # a name no file has: only what this call created is removed below
+    except OSError as err:
+        raise OutputFailed(f"{err.strerror or err} while creating {copy} for standard input") from err
     try:
         try:
-            with open(copy, "xb") as out:
+            with out:
                 shutil.copyfileobj(sys.stdin.buffer, out)
         except OSError as err:
             raise OutputFailed(f"{err.strerror or err} while copying standard input to {copy}") from err

@@ -300,3 +300,39 @@ def test_predict_refuses_a_training_checkpoint_whose_run_stopped_before_its_thre
     with pytest.raises(UsageError, match="none in metrics.json.*--resume.*--threshold"):
         predict_main(["--model", str(folder), "http://example.com/"])
     assert predict_main(["--model", str(folder), "--threshold", "0.5", "http://example.com/"]) == 0
+
+
+def test_publish_folder_never_removes_a_temporary_it_did_not_create(tmp_path):
+    """A hidden folder beside the output (another process's temporary, or the
+    user's) stays: the temporary name is new on every call."""
+    other = tmp_path / ".variant.tmp"
+    other.mkdir()
+    (other / "theirs.txt").write_text("in progress")
+    publish_folder(tmp_path / "variant", lambda folder: (folder / "model.safetensors").write_text("ok"))
+    assert (other / "theirs.txt").read_text() == "in progress"
+    assert (tmp_path / "variant" / "model.safetensors").read_text() == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".variant.tmp", "variant"]
+
+
+def test_a_run_stopped_by_a_busy_folder_leaves_the_run_that_created_it(tmp_path, monkeypatch):
+    """Two runs start into a new folder at once: the one that loses the lock saw no folder,
+    yet must not remove the folder the other run created and holds."""
+    from contextlib import contextmanager
+
+    import kd.train.checkpoint
+    from kd.train.runinfo import claim_run_folder
+
+    run = tmp_path / "run"
+
+    @contextmanager
+    def held_by_another_run(out_dir):
+        out_dir.mkdir()
+        (out_dir / "config.yaml").write_text("train: {}\n")  # the other run's first file
+        raise UsageError(f"run folder {out_dir} is in use by process 1")
+        yield
+
+    monkeypatch.setattr(kd.train.checkpoint, "run_folder_lock", held_by_another_run)
+    with pytest.raises(UsageError, match="in use"):
+        with claim_run_folder(run, resume=False, allowed=(), current={"train": {}}, data_cfg=None):
+            pass
+    assert (run / "config.yaml").read_text() == "train: {}\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -41,10 +42,20 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def write_json(path: Path, payload) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+def temp_path_beside(path: Path) -> Path:
+    """A hidden name beside ``path`` that no file has yet (``uuid4``): created with ``x``
+    (or ``mkdir``) by its caller, so a temporary never writes through, or is removed
+    from, a file or folder that the call did not create itself."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    return path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def write_json(path: Path, payload) -> None:
+    """Write JSON atomically (a new temporary file, then rename)."""
+    path = Path(path)
+    tmp = temp_path_beside(path)
+    with open(tmp, "x", encoding="utf-8"):  # created by this call: the only file the except below removes
+        pass
     try:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
         os.replace(tmp, path)

@@ -5,8 +5,8 @@ Two rules of the design, shared by every recipe and tool:
 - an output that equals, contains or lies inside an input is refused
   (:func:`check_apart`), compared by resolved path, so ``runs/x/best`` (a link
   into ``runs/x/checkpoints``) lies inside ``runs/x``;
-- a folder is written under a temporary name beside its final one and renamed
-  into place last (:func:`publish_folder`): a crash, a full disk or Ctrl-C
+- a folder is written under a new temporary name beside its final one and
+  renamed into place last (:func:`publish_folder`): a crash, a full disk or Ctrl-C
   leaves the previous folder, or none, never a half-written one that a loader
   would take for complete.
 """
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kd.errors import UsageError
+from kd.eval.report import temp_path_beside
 
 
 def _overlap(a: Path, b: Path) -> bool:
@@ -45,20 +46,19 @@ def publish_folder(final: Path, write: Callable[[Path], None]) -> Path:
 
     An existing ``final`` is replaced only once the new folder is complete. If
     ``write`` raises (or Ctrl-C), the temporary folder is removed and ``final``
-    is left as it was. Returns ``final``.
+    is left as it was. The temporary (and the previous ``final`` while it is
+    swapped out) go under names no file has (:func:`kd.eval.report.temp_path_beside`),
+    created here: nothing this call did not create is removed, not another
+    process's temporary. Returns ``final``.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left over from a crash: never complete
+    tmp = temp_path_beside(final)
     tmp.mkdir()
     try:
         write(tmp)
         if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            old = temp_path_beside(final)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old)

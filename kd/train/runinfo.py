@@ -242,15 +242,17 @@ def claim_run_folder(out_dir: Path, *, resume: bool, allowed: Sequence[str], cur
     # Before the lock: a refused run leaves the folder as it was.
     start_over = overwrite or (is_main and not resume and check_new_run_folder(out_dir, current))
     created = not out_dir.exists()
-    try:
-        with run_folder_lock(out_dir):
+    # A busy folder stops in run_folder_lock, outside the try: a run that found no folder
+    # must not remove the one another run created meanwhile and holds.
+    with run_folder_lock(out_dir):
+        try:
             if resume:
                 for key, (old, new) in check_resume(out_dir, current, data_cfg, allowed).items():
                     print(f"resuming {out_dir} with {key} changed: {old!r} -> {new!r} (--allow-changed)")
             elif start_over and is_main:
                 clear_previous_run(out_dir)
             yield
-    except BaseException:
-        if created and is_main:
-            remove_failed_run_folder(out_dir)
-        raise
+        except BaseException:
+            if created and is_main:
+                remove_failed_run_folder(out_dir)
+            raise
