@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from kd.eval.report import write_json
+from kd.eval.report import markdown_table, write_json
 
 MODEL_CARD = "README.md"
 THRESHOLD_FIELD = "phishing_threshold"
@@ -103,12 +103,11 @@ def _score(value: float, interval: tuple[float, float] | None) -> str:
 def scores_table(metrics: dict) -> str:
     """Markdown table: one row per scored set, the :data:`CARD_METRICS` with
     Wilson intervals where a proportion has one."""
-    lines = ["| set | URLs | " + " | ".join(CARD_METRICS) + " |", "|---" * (len(CARD_METRICS) + 2) + "|"]
+    rows = []
     for name, scores in metrics["sets"].items():
         intervals = proportion_intervals(scores)
-        cells = [_score(scores[m], intervals.get(m)) for m in CARD_METRICS]
-        lines.append(f"| {name} | {scores['n']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([name, str(scores["n"]), *(_score(scores[m], intervals.get(m)) for m in CARD_METRICS)])
+    return markdown_table(["set", "URLs", *CARD_METRICS], rows)
 
 
 def limits(metrics: dict) -> str:
