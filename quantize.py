@@ -2,16 +2,19 @@
 
     python quantize.py --student runs/student-minilm/best --teacher runs/teacher-minilm/best
     python quantize.py --student S --teacher T --precisions nf4 int8 --out runs/quantized
+    python quantize.py --student S --precisions nf4 onnx-int8 --sets validation esdaung --test-set esdaung
 
 For every variant — the teacher in fp32 and bf16, the student in fp32, bf16
 and each requested quantized precision — the model is loaded (quantized on
-the way), saved to ``OUT/<role>-<precision>/`` before its first forward,
+the way; ``onnx-int8``: exported to ONNX with int8 weights, as ``kd.export
+--int8`` does, and scored with ONNX Runtime), saved to ``OUT/<role>-<precision>/`` before its first forward,
 loaded back from that folder (so what is measured is what was saved), and
 measured on the current device:
 
 - parameters, size on disk of the saved folder, in-memory footprint
   (weights, buffers and quantization state);
-- accuracy, F1, ROC-AUC and TPR at 1 % FPR on the test split, at the
+- accuracy, F1, ROC-AUC and TPR at 1 % FPR on the test split (or the set
+  named by ``--test-set``, e.g. a held-out source when the split has no test part), at the
   threshold that maximises F1 on the validation split, scored in the
   variant's precision (the fp32 variant in the source's recorded
   ``scoring_precision``, so it reproduces the training run's threshold);
@@ -40,6 +43,7 @@ from kd.data.splits import build_splits
 from kd.errors import UsageError, run_cli, usage_errors
 from kd.eval.inference import check_max_length
 from kd.eval.variants import (
+    ONNX_INT8,
     STUDENT_BASE_PRECISIONS,
     TEACHER_PRECISIONS,
     add_relative_sizes,
@@ -62,13 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--student", required=True, help="fp32 student checkpoint folder (e.g. runs/student-minilm/best)")
     parser.add_argument("--teacher", help="fp32 teacher checkpoint folder; omit to report the student alone")
-    parser.add_argument("--precisions", nargs="+", choices=QUANTIZED_PRECISIONS, metavar="P",
-                        help=f"quantized student precisions, from {', '.join(QUANTIZED_PRECISIONS)} "
-                             "(default: all that run on the device; dynamic-int8 is CPU only)")
+    parser.add_argument("--precisions", nargs="+", choices=(*QUANTIZED_PRECISIONS, ONNX_INT8), metavar="P",
+                        help=f"quantized student precisions, from {', '.join((*QUANTIZED_PRECISIONS, ONNX_INT8))} "
+                             "(default: all that run on the device; dynamic-int8 and onnx-int8 are CPU only, "
+                             "onnx-int8 needs pip install '.[onnx]')")
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--out", default="runs/quantized", help="report and saved variants (default: runs/quantized)")
     parser.add_argument("--sets", nargs="+", default=["validation", "test"], metavar="SET",
                         help="sets to score (default: validation test; add e.g. a cross-data-set name)")
+    parser.add_argument("--test-set", default="test", metavar="SET",
+                        help="the set whose metrics, latency and throughput the report's columns give (default: test)")
     parser.add_argument("--max-length", type=token_length, default=128, help="tokens per URL (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="scoring batch size (default 256)")
     parser.add_argument("--latency-repeats", type=positive_int, default=50, help="timed batch-1 calls per variant (default 50)")
@@ -89,14 +96,16 @@ def main(argv=None) -> dict:
         data_cfg = data_config_for(student, args)
     splits = build_splits(data_cfg)
     print(splits.report.summary())
-    missing = [s for s in ("validation", "test", *args.sets) if s not in splits.all_sets()]
+    missing = [s for s in ("validation", args.test_set, *args.sets) if s not in splits.all_sets()]
     if missing:
-        raise UsageError(f"no set named {missing}; this data spec has {sorted(splits.all_sets())}")
-    set_names = list(dict.fromkeys(["validation", "test", *args.sets]))
+        raise UsageError(f"no set named {missing}; this data spec has {sorted(splits.all_sets())} (--test-set names the report's)")
+    set_names = list(dict.fromkeys(["validation", args.test_set, *args.sets]))
+    precisions = args.precisions or default_quantized_precisions(device)
+    if ONNX_INT8 in precisions and device.type != "cpu":
+        raise UsageError(f"{ONNX_INT8} runs on the CPU (ONNX Runtime's CPU provider): drop it or use --device cpu")
 
     variants = [("teacher", Path(args.teacher), p) for p in TEACHER_PRECISIONS] if args.teacher else []
-    variants += [("student", student, p) for p in (*STUDENT_BASE_PRECISIONS,
-                                                    *(args.precisions or default_quantized_precisions(device)))]
+    variants += [("student", student, p) for p in (*STUDENT_BASE_PRECISIONS, *precisions)]
     out = Path(args.out)
     rows = []
     for role, source, precision in variants:
@@ -108,7 +117,8 @@ def main(argv=None) -> dict:
             row["disk_bytes"] = save_variant(source, precision, tmp, device)
             row.update(score_variant(tmp, variant_scoring_precision(source, precision), splits, set_names, device,
                                      max_length=args.max_length, batch_size=args.batch_size,
-                                     latency_repeats=args.latency_repeats, throughput_urls=args.throughput_urls))
+                                     latency_repeats=args.latency_repeats, throughput_urls=args.throughput_urls,
+                                     test_set=args.test_set))
 
         publish_folder(folder, save_and_score)
         rows.append(row)
@@ -120,7 +130,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     table = report_table(rows)
-    (out / "report.md").write_text(f"Quantization report on {report['device']} (test split, threshold from validation)\n\n{table}\n")
+    (out / "report.md").write_text(f"Quantization report on {report['device']} ({args.test_set} set, threshold from validation)\n\n{table}\n")
     save_scatter(rows, out / "size_vs_f1.png")
     print(f"\n{table}\n\nwrote {out / 'report.json'}, {out / 'report.md'} and {out / 'size_vs_f1.png'} "
           f"in {report['minutes']:.1f} min on {report['device']}")

@@ -40,6 +40,13 @@ only cells I, I+N, I+2N, ... and tabulates nothing; the CPU latencies are
 measured by the unsharded run that tabulates, so that no other worker's
 training shares the cores while they are timed.
 
+Every objective is compared with a reference group (``reference:`` in the
+grid file, a group such as ``ce|L3``; default: the first group) on the same
+test URLs by a paired bootstrap over registrable domains and seeds
+(:mod:`kd.eval.compare`): OUT/paired.csv and a second table in summary.md
+give each difference in ROC-AUC and F1 with its 95 % interval, whether it is
+significant, and the smallest difference the test could detect.
+
 Every row carries validation F1 and ROC-AUC (``val_*``) beside the test
 metrics: choose a recipe by the validation columns, then report its test ones;
 F1 and ROC-AUC of each extra (cross-data-set) test set as ``SET:f1``; and the
@@ -162,8 +169,11 @@ def cpu_latency_ms(run_dir: Path, urls: list[str]) -> float:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation (ddof=1; 0 for one seed) over seeds per group;
-    None where no seed has the value (a generative cell's latency)."""
+    """Mean, standard deviation (ddof=1; 0 for one seed) and the half-width of the 95 %
+    t-interval of the mean (``t_{0.975, S-1} * std / sqrt(S)``; 0 for one seed) over
+    seeds per group; None where no seed has the value (a generative cell's latency)."""
+    from scipy.stats import t as student_t
+
     sizes = ("parameters", "trainable_parameters", "teacher_parameters", "size_mb", "teacher_size_mb", "percent_smaller")
     out = []
     for group in dict.fromkeys(r["group"] for r in rows):
@@ -174,13 +184,16 @@ def summarise(rows: list[dict]) -> list[dict]:
             values = np.array([r[key] for r in members if r.get(key) is not None], dtype=float)
             summary[f"{key}_mean"] = float(values.mean()) if len(values) else None
             summary[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0 if len(values) else None
+            summary[f"{key}_ci95"] = (float(student_t.ppf(0.975, len(values) - 1) * summary[f"{key}_std"] / np.sqrt(len(values)))
+                                      if len(values) > 1 else 0.0 if len(values) else None)
         summary.update({key: members[0][key] for key in sizes if key in members[0]})
         out.append(summary)
     return out
 
 
 def summary_table(summary: list[dict]) -> str:
-    """One row per group; the "val" columns (validation) are the ones to choose by, the rest are test-set.
+    """One row per group, each value the mean over seeds ± the half-width of its 95 % t-interval;
+    the "val" columns (validation) are the ones to choose by, the rest are test-set.
 
     Encoder students: sizes against the teacher and CPU latency. Generative
     students: trainable / total parameters, each extra test set's F1 and
@@ -189,7 +202,7 @@ def summary_table(summary: list[dict]) -> str:
     def pm(s, key, digits=4):
         if s[key + "_mean"] is None:
             return "-"
-        return f"{s[key + '_mean']:.{digits}f} ± {s[key + '_std']:.{digits}f}"
+        return f"{s[key + '_mean']:.{digits}f} ± {s[key + '_ci95']:.{digits}f}"
 
     quality = ("val F1", "val ROC-AUC", "F1", "ROC-AUC")
 
@@ -214,6 +227,33 @@ def summary_table(summary: list[dict]) -> str:
          pm(s, "peak_memory_mib", 0), pm(s, "cpu_latency_ms", 2)]
         for s in summary
     ])
+
+
+def paired_table(rows: list[dict]) -> str:
+    """The paired comparisons (:func:`kd.eval.compare.compare_groups` rows with ``group`` added)."""
+    return markdown_table(
+        ("objective / student", "set", "metric", "reference", "value", "difference [95 % CI]", "p", "significant", "detectable"),
+        [[r["group"].replace("|", " · "), r["set"], r["metric"], f"{r['reference']:.4f}", f"{r['value']:.4f}",
+          f"{r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]", f"{r['p_value']:.3f}",
+          "yes" if r["significant"] else "no", f"{r['mdd']:.4f}"] for r in rows],
+        [False, False, False, True, True, True, True, False, True])
+
+
+def paired_comparisons(cells: list[Cell], configs: list, reference: str, n_boot: int) -> list[dict]:
+    """Every group against ``reference`` (:func:`kd.eval.compare.compare_groups`), seeds paired by number."""
+    from kd.eval.compare import compare_groups
+
+    groups: dict[str, dict[int, Path]] = {}
+    for cell, cfg in zip(cells, configs):
+        groups.setdefault(cell.group, {})[cell.seed] = Path(cfg.out_dir)
+    seeds = sorted(groups[reference])
+    rows = []
+    for group, runs in groups.items():
+        if group != reference:
+            print(f"paired test: {group} against {reference} ({len(seeds)} seeds)", flush=True)
+            rows += [{"group": group, **row} for row in compare_groups(
+                [groups[reference][s] for s in seeds], [runs[s] for s in seeds], n_boot=n_boot)]
+    return rows
 
 
 def bar_chart(summary: list[dict], teacher_f1: float, path: Path) -> None:
@@ -275,15 +315,16 @@ def main(argv=None) -> list[dict]:
                         help="train only every N-th cell starting at I (parallel workers); no tables")
     parser.add_argument("--seeds", type=parse_seeds, metavar="S,S,...",
                         help="run these seeds instead of the grid's (e.g. 0 for a first pass on a CPU)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the paired tests (default 1000)")
     args = parser.parse_args(argv)
 
     with usage_errors():  # every cell's configuration is checked before the first one trains
         spec = read_yaml(Path(args.grid).read_text(), args.grid)
         if not isinstance(spec, dict) or "grid" not in spec:
             raise UsageError(f"{args.grid} has no 'grid' section (see python -m kd.ablation --help)")
-        unknown = set(spec) - {"recipe", "base", "set", "out_dir", "grid"}
+        unknown = set(spec) - {"recipe", "base", "set", "out_dir", "grid", "reference"}
         if unknown:
-            raise UsageError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: recipe, base, set, out_dir, grid")
+            raise UsageError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: recipe, base, set, out_dir, grid, reference")
         recipe = spec.get("recipe", "encoder")
         if recipe not in RECIPES:
             raise UsageError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
@@ -293,6 +334,9 @@ def main(argv=None) -> list[dict]:
         configs = [load_config(QLoRARunConfig if generative else StudentRunConfig, spec.get("base"),
                                [*spec.get("set", []), *args.set, *cell.overrides, f"out_dir={out / 'cells' / cell.name}"])
                    for cell in cells]
+        groups = list(dict.fromkeys(cell.group for cell in cells))
+        if spec.get("reference") is not None and spec["reference"] not in groups:
+            raise UsageError(f"reference: {spec['reference']!r} is not a group of the grid; groups: {groups}")
         for cfg in configs:
             if generative:
                 build_objectives(cfg.distill, bool(cfg.teacher))
@@ -335,6 +379,12 @@ def main(argv=None) -> list[dict]:
     write_csv(rows, out / "cells.csv")
     write_csv(summary, out / "summary.csv")
     table = summary_table(summary)
+    reference = spec.get("reference") or cells[0].group
+    paired = paired_comparisons(cells, configs, reference, args.n_boot) if len(summary) > 1 else []
+    if paired:
+        write_csv(paired, out / "paired.csv")
+        table += (f"\n\nPaired against `{reference}` on the same test URLs (domains and seeds resampled, "
+                  f"{args.n_boot} replicates; detectable: the smallest difference found with 80 % power):\n\n" + paired_table(paired))
     (out / "summary.md").write_text(table + "\n")
     comparison = json.loads((out / "cells" / cells[0].name / "results.json").read_text()).get("comparison", {})
     bar_chart(summary, comparison.get("teacher_test_f1", float("nan")), out / "summary.png")

@@ -1,8 +1,9 @@
 """The multi-source benchmark: in-source, leave-one-source-out and temporal scores, each with a CI.
 
     python -m kd.benchmark configs/benchmark-multisource.yaml                       # TF-IDF baseline rows only
-    python -m kd.benchmark configs/benchmark-multisource.yaml --model runs/benchmark-union/best \\
-        --fold-model esdaung=runs/benchmark-loso-esdaung/best ...         # models trained on the folds below
+    python -m kd.benchmark configs/benchmark-multisource.yaml --folds-only          # only the training sets below
+    python -m kd.benchmark configs/benchmark-multisource.yaml --model teacher:runs/benchmark-union/best \\
+        --fold-model teacher:esdaung=runs/benchmark-loso-esdaung/best ...  # models trained on the folds below
     python -m kd.benchmark configs/benchmark-multisource.yaml --smoke --out /tmp/bench   # tiny caps, seconds
 
 The sources of the config are read (:mod:`kd.data.multisource`), split once
@@ -13,12 +14,13 @@ the pooled test part, and ``temporal``: the dated source's phishing URLs from
 legitimate URLs of ``temporal.legitimate``. Training never sees a dated URL
 from ``since`` on.
 
-Rows: ``--model`` (its saved threshold, as deployed), the models trained
-without one source each (``--fold-model SOURCE=FOLDER``), the TF-IDF baseline
+Rows: each ``--model [ROW:]FOLDER`` (its saved threshold, as deployed), the
+models trained without one source each (``--fold-model [ROW:]SOURCE=FOLDER``,
+one row per ROW: teacher, student, NF4 ...), the TF-IDF baseline
 trained on the union's train part (threshold chosen on validation), and the
 TF-IDF baseline left out of each source in turn (``leave-one-source-out``:
 the column's source is absent from training). Each cell reports ROC-AUC,
-TPR at the threshold, TPR at 1 % FPR, each with its 95 % cluster-bootstrap
+F1, TPR and FPR at the threshold, TPR at 1 % FPR, each with its 95 % cluster-bootstrap
 CI (:mod:`kd.eval.bootstrap`, domains resampled), and the minimal detectable
 ROC-AUC difference. Writes OUT/benchmark.{md,json,png} and, under
 OUT/folds/, the data of each training set (union and one per left-out
@@ -95,15 +97,16 @@ class BenchmarkConfig:
 
 
 def cell_metrics(test: SourceSet, probs: np.ndarray, threshold: float, n_boot: int, seed: int) -> dict:
-    """ROC-AUC, TPR at ``threshold``, TPR at 1 % FPR and FPR at ``threshold``, each
+    """ROC-AUC, F1, TPR and FPR at ``threshold``, TPR at 1 % FPR, each
     with its cluster-bootstrap CI; the minimal detectable ROC-AUC difference
     (two independent models: ``sqrt(2) * se``); class counts."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import f1_score, roc_auc_score
 
     labels = np.asarray(test.labels)
     clusters = cluster_index(test.domains())
     metrics = {
         "roc_auc": roc_auc_score,
+        "f1_at_threshold": lambda y, p: f1_score(y, p >= threshold, zero_division=0.0),
         "tpr_at_threshold": lambda y, p: float((p[y == 1] >= threshold).mean()) if (y == 1).any() else float("nan"),
         "tpr_at_1pct_fpr": lambda y, p: tpr_at_fpr(y, p, 0.01),
         "fpr_at_threshold": lambda y, p: float((p[y == 0] >= threshold).mean()) if (y == 0).any() else float("nan"),
@@ -198,7 +201,8 @@ def test_columns(cfg: BenchmarkConfig, parts: dict[str, SourceSet]) -> dict[str,
 
 
 def score_model_folder(model_dir: Path, columns: dict[str, SourceSet]) -> tuple[dict[str, np.ndarray], float]:
-    """P(phishing) of every column's URLs (already normalised) from a saved classifier, and its saved (deployed) threshold."""
+    """P(phishing) of every column's URLs (already normalised; each distinct URL scored once) from a
+    saved classifier, and its saved (deployed) threshold."""
     from kd.eval.inference import predict_proba, scoring_model
     from kd.eval.scoring import saved_scoring, scoring_autocast
     from models.quantized import load_classifier, saved_precision
@@ -206,14 +210,20 @@ def score_model_folder(model_dir: Path, columns: dict[str, SourceSet]) -> tuple[
     model, tokenizer = load_classifier(model_dir)
     threshold, precision, _ = saved_scoring(model_dir, default_precision=saved_precision(model_dir))
     model = scoring_model(model)
-    return {name: predict_proba(model, tokenizer, col.urls, normalize=False, autocast_dtype=scoring_autocast(precision)) for name, col in columns.items()}, threshold
+    unique = list(dict.fromkeys(url for col in columns.values() for url in col.urls))  # pooled repeats the sources
+    probs = dict(zip(unique, predict_proba(model, tokenizer, unique, normalize=False, autocast_dtype=scoring_autocast(precision),
+                                           progress=True)))
+    return {name: np.array([probs[url] for url in col.urls]) for name, col in columns.items()}, threshold
 
 
-def run_benchmark(cfg: BenchmarkConfig, out: Path, model_dir: Path | None = None, fold_models: dict[str, Path] | None = None) -> dict:
+def run_benchmark(cfg: BenchmarkConfig, out: Path, models: dict[str, Path] | None = None,
+                  fold_models: dict[str, dict[str, Path]] | None = None, folds_only: bool = False) -> dict:
     """Build the parts, write the folds, score every row on every column; return the results.
 
-    ``fold_models`` maps a source to the model trained without it (its
-    ``loso-SOURCE`` fold), scored on that source's test part only."""
+    ``models`` maps a row name to a model folder scored on every column;
+    ``fold_models`` maps a row name to ``{source: the model trained without it}``
+    (its ``loso-SOURCE`` fold), each scored on that source's test part only. With
+    ``folds_only`` nothing is scored: the result has the folds and sizes, no rows."""
     started = time.perf_counter()
     report = DataReport()
     parts = build_parts(cfg, report)
@@ -222,17 +232,22 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, model_dir: Path | None = None
     folds = {"union": _fold_data(cfg, parts, out, "union", None)}
     folds.update({f"loso-{s}": _fold_data(cfg, parts, out, f"loso-{s}", s) for s in cfg.sources})
     rows: dict[str, dict] = {}
+    if folds_only:
+        return {"config": cfg.__dict__, "split_sizes": {name: part.sizes() for name, part in parts.items()}, "folds": folds}
 
     def score(row: str, column: str, probs, threshold):
         rows.setdefault(row, {})[column] = cell_metrics(columns[column], probs, threshold, cfg.n_boot, cfg.seed)
 
-    if model_dir is not None:
-        probs, threshold = score_model_folder(model_dir, columns)
+    for row, folder in (models or {}).items():
+        probs, threshold = score_model_folder(folder, columns)
         for column in columns:
-            score(f"model ({model_dir.name})", column, probs[column], threshold)
-    for source, folder in (fold_models or {}).items():
-        probs, threshold = score_model_folder(folder, {source: columns[source]})
-        score("model (leave-one-source-out)", source, probs[source], threshold)
+            score(f"{row} (union)", column, probs[column], threshold)
+        print(f"{row} (union) scored at {time.perf_counter() - started:.0f} s", flush=True)
+    for row, folders in (fold_models or {}).items():
+        for source, folder in folders.items():
+            probs, threshold = score_model_folder(folder, {source: columns[source]})
+            score(f"{row} (leave-one-source-out)", source, probs[source], threshold)
+        print(f"{row} (leave-one-source-out) scored at {time.perf_counter() - started:.0f} s", flush=True)
     probs, threshold = _tfidf_scores(cfg, parts["train"], parts["validation"], columns)
     for column in columns:
         score("tfidf (union)", column, probs[column], threshold)
@@ -242,7 +257,8 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, model_dir: Path | None = None
         probs, threshold = _tfidf_scores(cfg, keep(parts["train"]), keep(parts["validation"]), {source: columns[source]})
         score("tfidf (leave-one-source-out)", source, probs[source], threshold)
     return {
-        "config": cfg.__dict__, "model": str(model_dir) if model_dir else None, "rows": rows,
+        "config": cfg.__dict__, "models": {row: str(f) for row, f in (models or {}).items()},
+        "fold_models": {row: {s: str(f) for s, f in folders.items()} for row, folders in (fold_models or {}).items()}, "rows": rows,
         "split_sizes": {name: part.sizes() for name, part in parts.items()}, "folds": folds,
         "data": report.to_dict(), "cpu": cpu_model(), "seconds": round(time.perf_counter() - started, 1),
     }
@@ -273,12 +289,13 @@ def _ci(cell: dict, key: str) -> str:
 def markdown_report(result: dict) -> str:
     """The ROC-AUC matrix, then one table per metric family, the split sizes and the folds."""
     rows, columns = result["rows"], list(next(iter(result["rows"].values())))
-    lines = [f"# Multi-source benchmark\n\nCPU: {result['cpu']}; {result['seconds']} s; model: {result['model'] or '-'}.",
+    lines = [f"# Multi-source benchmark\n\nCPU: {result['cpu']}; {result['seconds']} s.",
              "Each cell: value [95 % CI], resampling registrable domains "
              f"({result['config']['n_boot']} replicates). Columns are test parts of one split by registrable domain "
              "across all sources; `temporal`: phishing dated from "
              f"{result['config']['temporal'].get('since', '-')} on against held-out legitimate URLs.\n"]
-    for key, title in (("roc_auc", "ROC-AUC"), ("tpr_at_threshold", "TPR at the deployed threshold"),
+    for key, title in (("roc_auc", "ROC-AUC"), ("f1_at_threshold", "F1 at the deployed threshold"),
+                       ("tpr_at_threshold", "TPR at the deployed threshold"),
                        ("fpr_at_threshold", "FPR at the deployed threshold"), ("tpr_at_1pct_fpr", "TPR at 1 % FPR")):
         table = [[row] + [_ci(cells[c], key) if c in cells else "-" for c in columns] for row, cells in rows.items()]
         lines += [f"## {title}\n", markdown_table(["trained / scored", *columns], table, [False] + [True] * len(columns)), ""]
@@ -287,6 +304,9 @@ def markdown_report(result: dict) -> str:
         ["column", "legitimate", "phishing", "domains", "minimal detectable ROC-AUC difference", "legitimate URLs behind TPR at 0.1 % FPR"],
         [[c, str(m["n_legitimate"]), str(m["n_phishing"]), str(m["n_domains"]), f"{m['mdd_roc_auc']:.4f}",
           f"{m['n_legitimate'] * 0.001:.1f}"] for c, m in first.items()], [False] + [True] * 5), ""]
+    models = {**result.get("models", {}), **{f"{row} ({s})": f for row, d in result.get("fold_models", {}).items() for s, f in d.items()}}
+    if models:
+        lines += ["## Model folders\n"] + [f"- {row}: `{folder}`" for row, folder in models.items()] + [""]
     lines += ["## Split sizes (after caps)\n", "```", yaml.safe_dump(result["split_sizes"], sort_keys=False).rstrip(), "```", ""]
     lines += ["## Training sets for teachers\n"] + [f"- `{name}`: `python train_teacher.py --config {f['config']}`" for name, f in result["folds"].items()]
     return "\n".join(lines) + "\n"
@@ -318,6 +338,15 @@ def heatmap_png(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def row_and_rest(item: str, default: str | None) -> tuple[str | None, str]:
+    """``"ROW:REST"`` -> ``(ROW, REST)`` when ROW is a plain name (letters, digits, ``_ .+-``, spaces);
+    otherwise ``(default, item)``, so a path with a colon elsewhere stays whole."""
+    row, colon, rest = item.partition(":")
+    if colon and row and all(c.isalnum() or c in "_ .+-" for c in row) and not Path(item).exists():
+        return row, rest
+    return default, item
+
+
 SMOKE = {"max_train_per_class": 300, "max_test_per_class": 300, "n_boot": 50}
 """What ``--smoke`` sets: a run of seconds, to check the wiring, not to measure."""
 
@@ -325,13 +354,18 @@ SMOKE = {"max_train_per_class": 300, "max_test_per_class": 300, "n_boot": 50}
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m kd.benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="benchmark YAML (e.g. configs/benchmark-multisource.yaml)")
-    parser.add_argument("--model", help="a saved classifier folder (teacher, student or quantized) to score as a row")
-    parser.add_argument("--fold-model", action="append", default=[], metavar="SOURCE=FOLDER",
-                        help="the model trained on fold loso-SOURCE, scored on SOURCE's test part (repeatable)")
+    parser.add_argument("--model", action="append", default=[], metavar="[ROW:]FOLDER",
+                        help="a saved classifier folder (teacher, student or quantized) trained on the union, scored on every "
+                             "column as row ROW (default: the folder's name); repeatable")
+    parser.add_argument("--fold-model", action="append", default=[], metavar="[ROW:]SOURCE=FOLDER",
+                        help="the model trained on fold loso-SOURCE, scored on SOURCE's test part, in row ROW (default "
+                             "'model'); repeatable, e.g. --fold-model student:esdaung=runs/s-esdaung/best")
     parser.add_argument("--out", default="runs/benchmark-multisource", help="output folder (default runs/benchmark-multisource)")
     parser.add_argument("--data-dir", help="folder that relative source paths resolve against")
     parser.add_argument("--max-train-per-class", type=int, help="cap per source and class on train/validation (overrides the config)")
     parser.add_argument("--n-boot", type=int, help="bootstrap replicates (overrides the config)")
+    parser.add_argument("--folds-only", action="store_true",
+                        help="only write OUT/folds/ (each training set's CSV files and teacher config); score nothing")
     parser.add_argument("--smoke", action="store_true", help=f"tiny caps and few replicates: {SMOKE}")
     args = parser.parse_args(argv)
     with usage_errors():
@@ -344,19 +378,27 @@ def main(argv=None) -> dict:
             cfg.max_train_per_class = args.max_train_per_class
         if args.n_boot is not None:
             cfg.n_boot = args.n_boot
-        model_dir = Path(args.model) if args.model else None
-        fold_models = {}
+        models = {}
+        for item in args.model:
+            row, folder = row_and_rest(item, None)
+            models[row or (Path(folder).parent.name if Path(folder).name == "best" else Path(folder).name)] = Path(folder)
+        fold_models: dict[str, dict[str, Path]] = {}
         for item in args.fold_model:
-            source, eq, folder = item.partition("=")
+            row, rest = row_and_rest(item, "model")
+            source, eq, folder = rest.partition("=")
             if not eq or source not in cfg.sources:
-                raise UsageError(f"--fold-model takes SOURCE=FOLDER with SOURCE one of {list(cfg.sources)}, got {item!r}")
-            fold_models[source] = Path(folder)
-        for folder in [model_dir, *fold_models.values()]:
-            if folder is not None and not folder.is_dir():
+                raise UsageError(f"--fold-model takes [ROW:]SOURCE=FOLDER with SOURCE one of {list(cfg.sources)}, got {item!r}")
+            fold_models.setdefault(row, {})[source] = Path(folder)
+        for folder in [*models.values(), *(f for d in fold_models.values() for f in d.values())]:
+            if not folder.is_dir():
                 raise UsageError(f"model folder {folder}: no such folder")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = run_benchmark(cfg, out, model_dir, fold_models)
+    result = run_benchmark(cfg, out, models, fold_models, folds_only=args.folds_only)
+    if args.folds_only:
+        print(yaml.safe_dump(result["split_sizes"], sort_keys=False))
+        print("\n".join(f"{name}: python train_teacher.py --config {f['config']}" for name, f in result["folds"].items()))
+        return result
     write_json(out / "benchmark.json", result)
     tmp = out / ".benchmark.md.tmp"
     tmp.write_text(markdown_report(result))

@@ -66,3 +66,29 @@ def test_paired_scores_must_be_on_the_same_urls():
 def test_minimal_detectable_difference_is_z_sum_times_se():
     assert minimal_detectable_difference(0.01) == pytest.approx((1.959964 + 0.841621) * 0.01, rel=1e-5)
     assert minimal_detectable_difference(0.01, power=0.5) == pytest.approx(0.0196, abs=1e-4)
+
+
+def test_the_paired_test_over_seeds_detects_a_difference_every_seed_shows():
+    labels, a0, _, domains = planted(2, gap=0.0)
+    rng = np.random.default_rng(3)
+    a = np.stack([a0 + rng.normal(0, 0.3, len(a0)) for _ in range(3)])
+    b = np.stack([a0 + labels * 0.6 + rng.normal(0, 0.3, len(a0)) for _ in range(3)])
+    out = paired_bootstrap(labels, a, b, domains, roc_auc_score, n_boot=200)
+    assert out["low"] > 0 and out["p_value"] < 0.01
+
+
+def test_the_paired_test_over_seeds_carries_the_seed_spread():
+    """Seed 0 of B is far better than A's, seed 1 far worse, seed 2 equal: each pair alone is
+    significant, but their mean is not, because seeds are resampled."""
+    labels, a0, _, domains = planted(4, gap=0.0)
+    a = np.stack([a0, a0, a0])
+    b = np.stack([a0 + labels * 1.0, a0 - labels * 1.0, a0])
+    alone = paired_bootstrap(labels, a[0], b[0], domains, roc_auc_score, n_boot=200)
+    assert alone["low"] > 0
+    out = paired_bootstrap(labels, a, b, domains, roc_auc_score, n_boot=200)
+    assert out["low"] < 0 < out["high"] and out["p_value"] > 0.05
+
+
+def test_paired_runs_must_match_in_number():
+    with pytest.raises(ValueError, match="runs"):
+        paired_bootstrap([0, 1], [[0.1, 0.9], [0.2, 0.8]], [[0.1, 0.9]], [0, 1], roc_auc_score)

@@ -138,6 +138,10 @@ def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_te
         assert (out / name).is_file()
     assert "±" in (out / "summary.md").read_text() and "val ROC-AUC" in (out / "summary.md").read_text()
     assert all(0 <= s["val_f1_mean"] <= 1 for s in summary)
+    assert all(s["f1_ci95"] >= 0 for s in summary)
+    paired = (out / "paired.csv").read_text().splitlines()
+    assert paired[0].startswith("group,set,metric") and len(paired) == 1 + 2  # fkl against ce: ROC-AUC and F1 on test
+    assert "Paired against `ce|L1`" in (out / "summary.md").read_text()
     assert ablation.main([str(grid_file)]) == summary
 
 

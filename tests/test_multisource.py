@@ -137,17 +137,21 @@ def test_the_benchmark_command_writes_the_matrix_folds_and_a_model_row(tmp_path,
 
     config = write_benchmark_config(tmp_path)
     result = main([str(config), "--model", str(tiny_classifier_dir), "--fold-model", f"src2={tiny_classifier_dir}",
+                   "--fold-model", f"student:src1={tiny_classifier_dir}", "--fold-model", f"student:src2={tiny_classifier_dir}",
                    "--out", str(tmp_path / "out"), "--smoke"])
     out = tmp_path / "out"
     assert {"benchmark.md", "benchmark.json", "benchmark.png"} <= {p.name for p in out.iterdir()}
     rows = json.loads((out / "benchmark.json").read_text())["rows"]
-    model_row = f"model ({tiny_classifier_dir.name})"
-    assert set(rows) == {model_row, "model (leave-one-source-out)", "tfidf (union)", "tfidf (leave-one-source-out)"}
-    assert set(rows["model (leave-one-source-out)"]) == {"src2"}
+    model_row = f"{tiny_classifier_dir.name} (union)"
+    assert set(rows) == {model_row, "model (leave-one-source-out)", "student (leave-one-source-out)", "tfidf (union)",
+                         "tfidf (leave-one-source-out)"}
+    assert set(rows["model (leave-one-source-out)"]) == {"src2"} and set(rows["student (leave-one-source-out)"]) == {"src1", "src2"}
+    assert rows["student (leave-one-source-out)"]["src2"] == rows["model (leave-one-source-out)"]["src2"]  # the same folder
     assert set(rows["tfidf (union)"]) == {"src0", "src1", "src2", "pooled", "temporal"}
     assert set(rows["tfidf (leave-one-source-out)"]) == {"src0", "src1", "src2"}
     cell = rows["tfidf (union)"]["src1"]
     assert cell["roc_auc"]["low"] <= cell["roc_auc"]["value"] <= cell["roc_auc"]["high"]
+    assert cell["f1_at_threshold"]["low"] <= cell["f1_at_threshold"]["value"] <= cell["f1_at_threshold"]["high"]
     assert cell["roc_auc"]["value"] > 0.9  # the class words separate the sources' classes
     pooled = rows["tfidf (union)"]["pooled"]
     assert pooled["n_phishing"] == sum(rows["tfidf (union)"][s]["n_phishing"] for s in ("src0", "src1", "src2"))
@@ -187,4 +191,22 @@ def test_a_bad_benchmark_config_is_one_line_and_status_2(tmp_path, capsys):
     assert len(err) == 1 and "at least two" in err[0]
     good = write_benchmark_config(tmp_path)
     assert run_cli(main, [str(good), "--fold-model", "nosuch=x"], prog="python -m kd.benchmark") == 2
-    assert "--fold-model takes SOURCE=FOLDER" in capsys.readouterr().err
+    assert "--fold-model takes [ROW:]SOURCE=FOLDER" in capsys.readouterr().err
+
+
+def test_folds_only_writes_the_training_sets_and_scores_nothing(tmp_path):
+    from kd.benchmark import main
+
+    result = main([str(write_benchmark_config(tmp_path)), "--folds-only", "--out", str(tmp_path / "out"), "--smoke"])
+    assert "rows" not in result and set(result["folds"]) == {"union", "loso-src0", "loso-src1", "loso-src2"}
+    assert (tmp_path / "out" / "folds" / "loso-src1" / "teacher.yaml").is_file()
+    assert not (tmp_path / "out" / "benchmark.json").exists()
+
+
+def test_row_names_are_split_off_only_when_plain():
+    from kd.benchmark import row_and_rest
+
+    assert row_and_rest("teacher:runs/x/best", None) == ("teacher", "runs/x/best")
+    assert row_and_rest("student nf4:esdaung=runs/q/student-nf4", "model") == ("student nf4", "esdaung=runs/q/student-nf4")
+    assert row_and_rest("esdaung=runs/x", "model") == ("model", "esdaung=runs/x")
+    assert row_and_rest("/abs/with:colon", None) == (None, "/abs/with:colon")

@@ -33,7 +33,10 @@ def urls(n=120):
 def source_dir(tmp_path_factory):
     """A tiny classifier folder with a model card and a scoring record (threshold, run info)."""
     folder = save_tiny_classifier(tmp_path_factory.mktemp("onnx") / "model")
-    (folder / "metrics.json").write_text(json.dumps({"threshold": THRESHOLD, "scoring_precision": "fp32"}))
+    from kd.eval.metrics import binary_metrics
+
+    test = binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]), THRESHOLD)
+    (folder / "metrics.json").write_text(json.dumps({"threshold": THRESHOLD, "scoring_precision": "fp32", "sets": {"test": test}}))
     (folder / "run_info.json").write_text(json.dumps({"seed": 0}))
     (folder / "README.md").write_text("# tiny model card\n")
     return folder
@@ -98,8 +101,16 @@ def test_int8_export_stores_the_matmul_weights_as_int8(int8_dir):
 
 def test_export_carries_config_tokenizer_card_and_scoring_record(source_dir, fp32_dir, int8_dir):
     for folder, precision in ((fp32_dir, "fp32"), (int8_dir, "int8")):
-        for name in ("README.md", "metrics.json", "run_info.json", "config.json"):
+        for name in ("metrics.json", "run_info.json"):
             assert (folder / name).read_bytes() == (source_dir / name).read_bytes()
+        config = json.loads((folder / "config.json").read_text())
+        fields = ("phishing_threshold", "scoring_precision")
+        source_config = json.loads((source_dir / "config.json").read_text())
+        assert {k: v for k, v in config.items() if k not in fields} == {k: v for k, v in source_config.items() if k not in fields}
+        assert config["phishing_threshold"] == THRESHOLD and config["scoring_precision"] == "fp32"
+        card = (folder / "README.md").read_text()  # generated for the export, not the source's card copied
+        assert "tiny model card" not in card and "onnxruntime.InferenceSession" in card and "pipeline(" not in card
+        assert f"ONNX export (`model.onnx`, {precision}, opset" in card and f"{THRESHOLD:.6g}" in card
         assert json.loads((folder / "onnx_export.json").read_text())["precision"] == precision
         assert not (folder / "fp32.onnx").exists()
         assert not list(folder.glob("*.safetensors"))

@@ -1,5 +1,6 @@
 """quantize.py end to end on a tiny teacher and its 1-layer student (CPU, seconds)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def report(tiny_teacher_run, student_dir):
     cross = write_csv(tiny_teacher_run / "cross.csv", make_url_rows(40, seed=7))
     return quantize.main([
         "--student", str(student_dir), "--teacher", str(tiny_teacher_run / "teacher" / "best"),
-        "--precisions", "nf4", "dynamic-int8", "--out", str(tiny_teacher_run / "quantized"),
+        "--precisions", "nf4", "dynamic-int8", "onnx-int8", "--out", str(tiny_teacher_run / "quantized"),
         "--latency-repeats", "3", "--throughput-urls", "64",
         "--test-source", f"cross={cross}", "--sets", "validation", "test", "cross",
     ])
@@ -37,7 +38,7 @@ def test_report_has_every_variant_and_every_column(report, tiny_teacher_run):
     out = tiny_teacher_run / "quantized"
     assert [(r["role"], r["precision"]) for r in report["rows"]] == [
         ("teacher", "fp32"), ("teacher", "bf16"), ("student", "fp32"), ("student", "bf16"),
-        ("student", "nf4"), ("student", "dynamic-int8"),
+        ("student", "nf4"), ("student", "dynamic-int8"), ("student", "onnx-int8"),
     ]
     for row in report["rows"]:
         for key in ("parameters", "disk_bytes", "memory_bytes", "accuracy", "f1", "roc_auc", "tpr_at_1pct_fpr",
@@ -46,7 +47,7 @@ def test_report_has_every_variant_and_every_column(report, tiny_teacher_run):
     assert report["rows"][0]["percent_smaller_memory"] == 0
     assert all(r["sets"]["test"]["n"] == 16 for r in report["rows"])  # the student's own split, from its run_info
     assert json.loads((out / "report.json").read_text())["rows"][4]["precision"] == "nf4"
-    assert (out / "report.md").read_text().count("\n| student |") == 4
+    assert (out / "report.md").read_text().count("\n| student |") == 5
     assert (out / "size_vs_f1.png").stat().st_size > 0
 
 
@@ -80,6 +81,31 @@ def test_saved_variant_reloads_and_predict_uses_its_threshold(report):
     assert threshold == pytest.approx(row["threshold"]) and source.endswith("metrics.json")
     probs = predict_proba(model, tokenizer, ["example.com/login", "paypal.com.secure-update.tk/verify"])
     assert probs.shape == (2,) and np.all((probs >= 0) & (probs <= 1))
+
+
+def test_the_onnx_int8_row_is_an_onnx_runtime_folder_with_the_students_parameters(report):
+    from models.onnx import is_onnx_folder, onnx_precision
+
+    rows = {(r["role"], r["precision"]): r for r in report["rows"]}
+    onnx_row, fp32 = rows["student", "onnx-int8"], rows["student", "fp32"]
+    assert is_onnx_folder(onnx_row["folder"]) and onnx_precision(onnx_row["folder"]) == "int8"
+    assert onnx_row["parameters"] == fp32["parameters"]
+    assert onnx_row["memory_bytes"] < 0.6 * fp32["memory_bytes"]  # int8 weights
+    metrics = json.loads((Path(onnx_row["folder"]) / "metrics.json").read_text())
+    assert metrics["threshold"] == pytest.approx(onnx_row["threshold"]) and metrics["scoring_precision"] == "onnx-int8"
+    assert "onnxruntime.InferenceSession" in (Path(onnx_row["folder"]) / "README.md").read_text()
+
+
+def test_test_set_names_the_set_the_report_columns_give(tiny_teacher_run, student_dir):
+    import quantize
+
+    cross = write_csv(tiny_teacher_run / "cross2.csv", make_url_rows(30, seed=9))
+    report = quantize.main(["--student", str(student_dir), "--precisions", "nf4", "--out", str(tiny_teacher_run / "q-cross"),
+                            "--latency-repeats", "2", "--throughput-urls", "16", "--test-source", f"cross={cross}",
+                            "--sets", "validation", "cross", "--test-set", "cross"])
+    for row in report["rows"]:
+        assert row["test_set"] == "cross" and row["f1"] == row["sets"]["cross"]["f1"] and "test" not in row["sets"]
+    assert "(cross set, threshold from validation)" in (tiny_teacher_run / "q-cross" / "report.md").read_text()
 
 
 def test_unknown_set_is_a_clear_error(tiny_teacher_run, student_dir):

@@ -24,12 +24,15 @@ class TokenizedSet:
     tokens, truncated to ``max_length``); ``labels[i]`` in {0, 1}.
 
     ``index[i]`` is the example's position in its split, the identity that
-    teacher-logit caches key on (never the step number).
+    teacher-logit caches key on (never the step number). ``urls[i]`` is the
+    normalised URL the ids came from (None for sets built from ids alone), for
+    the per-URL scores the final evaluation writes.
     """
 
     input_ids: list[list[int]]
     labels: np.ndarray
     pad_token_id: int
+    urls: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -46,7 +49,7 @@ def tokenize(examples: Examples, tokenizer, max_length: int = 128) -> TokenizedS
         raise ValueError(f"max_length must be at least 8, got {max_length}")
     ids = tokenizer(list(examples.urls), truncation=True, max_length=max_length)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return TokenizedSet(ids, np.asarray(examples.labels, dtype=np.int64), pad)
+    return TokenizedSet(ids, np.asarray(examples.labels, dtype=np.int64), pad, list(examples.urls))
 
 
 def prepare_data(data_cfg: DataConfig, tokenizer, max_length: int, log=print) -> tuple[DataSplits, dict[str, TokenizedSet]]:

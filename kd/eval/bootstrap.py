@@ -12,7 +12,11 @@ ids uniformly; the metric is recomputed on the URLs they hold.
   resamples clusters once and computes ``d* = m(B) - m(A)`` on the same draw.
   Reports ``d``, the percentile interval of ``d*`` and a two-sided p-value of
   ``d = 0`` from the distribution shifted to the null:
-  ``p = (1 + #{|d* - d| >= |d|}) / (1 + n)``.
+  ``p = (1 + #{|d* - d| >= |d|}) / (1 + n)``. Each model may be ``S`` runs
+  (seeds, ``(S, N)`` scores): then ``m`` is the mean over the runs, and each
+  replicate also draws ``S`` run indices with replacement, the same ones for A
+  and B (run ``s`` of A and of B share a seed), so the interval carries the
+  seed-to-seed spread as well as the test set's sampling.
 - :func:`minimal_detectable_difference`: ``(z_{1-a/2} + z_{power}) * se`` of
   a difference, the smallest true difference a two-sided test at level a finds
   with the given power.
@@ -78,13 +82,22 @@ def bootstrap_ci(labels, probs, clusters, metric: Metric, *, n_boot: int = 1000,
 
 def paired_bootstrap(labels, probs_a, probs_b, clusters, metric: Metric, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
     """``{difference, low, high, se, p_value, n_boot, undefined}`` of
-    ``metric(B) - metric(A)`` on the same URLs (see the module docstring)."""
+    ``metric(B) - metric(A)`` on the same URLs; ``probs_a``, ``probs_b``: ``(N,)``
+    or ``(S, N)`` (S seeded runs of each, run ``s`` paired; see the module docstring)."""
     labels, clusters = np.asarray(labels), np.asarray(clusters)
-    a, b = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
-    if not (len(labels) == len(a) == len(b) == len(clusters)):
-        raise ValueError(f"paired scores need the same URLs: {len(labels)} labels, {len(a)} and {len(b)} scores, {len(clusters)} clusters")
-    diff = _safe(metric, labels, b) - _safe(metric, labels, a)
-    values = np.array([_safe(metric, labels[i], b[i]) - _safe(metric, labels[i], a[i]) for i in _replicates(clusters, n_boot, seed)])
+    a, b = np.atleast_2d(np.asarray(probs_a, dtype=np.float64)), np.atleast_2d(np.asarray(probs_b, dtype=np.float64))
+    if not (len(labels) == a.shape[1] == b.shape[1] == len(clusters)) or a.shape[0] != b.shape[0]:
+        raise ValueError(f"paired scores need the same URLs and runs: {len(labels)} labels, scores {a.shape} and {b.shape}, "
+                         f"{len(clusters)} clusters")
+    runs = np.arange(a.shape[0])
+
+    def difference(rows, i) -> float:
+        return float(np.mean([_safe(metric, labels[i], b[r, i]) - _safe(metric, labels[i], a[r, i]) for r in rows]))
+
+    diff = difference(runs, slice(None))
+    draw_runs = np.random.default_rng([seed, 1])
+    values = np.array([difference(draw_runs.choice(runs, len(runs)), i)
+                       for i in _replicates(clusters, n_boot, seed)])
     ok = values[~np.isnan(values)]
     low, high = np.quantile(ok, [alpha / 2, 1 - alpha / 2])
     p_value = (1 + np.count_nonzero(np.abs(ok - diff) >= abs(diff))) / (1 + len(ok))

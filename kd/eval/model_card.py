@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from kd.eval.report import markdown_table, write_json
+from models.onnx import ONNX_RECORD
 
 MODEL_CARD = "README.md"
 THRESHOLD_FIELD = "phishing_threshold"
@@ -40,7 +41,9 @@ def describe_folder(folder: str | Path) -> None:
     config[THRESHOLD_FIELD] = metrics["threshold"]
     config[PRECISION_FIELD] = metrics["scoring_precision"]
     write_json(folder / "config.json", config)
-    (folder / MODEL_CARD).write_text(model_card(metrics, info), encoding="utf-8")
+    export_file = folder / ONNX_RECORD
+    export = json.loads(export_file.read_text(encoding="utf-8")) if export_file.is_file() else None
+    (folder / MODEL_CARD).write_text(model_card(metrics, info, export), encoding="utf-8")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -130,8 +133,43 @@ def limits(metrics: dict) -> str:
     return text
 
 
-def model_card(metrics: dict, info: dict) -> str:
-    """The card's text (``README.md``) from a folder's ``metrics.json`` and ``run_info.json`` contents."""
+def how_to_score(threshold: float, export: dict | None) -> str:
+    """The card's code: ``pipeline`` for a torch folder; ONNX Runtime for an exported one
+    (``export``: its ``onnx_export.json``), which ``pipeline`` cannot load."""
+    if export is None:
+        return f"""The tokenizer normalises raw URLs as training did (scheme, `www.`, trailing `/`, `&amp;` residue).
+
+```python
+from transformers import pipeline
+
+classify = pipeline("text-classification", model="FOLDER", top_k=None)
+scores = classify(["http://www.example.com/login"])[0]
+p = next(s["score"] for s in scores if s["label"] == "phishing")
+is_phishing = p >= {threshold:.6g}
+```"""
+    return f"""This folder is the ONNX export (`model.onnx`, {export['precision']}, opset {export['opset']}) of
+`{export['source']}`; the scores above are that source's ({export['source_precision']}, PyTorch).
+The tokenizer normalises raw URLs as training did (scheme, `www.`, trailing `/`, `&amp;` residue).
+
+```python
+import numpy as np
+import onnxruntime
+from transformers import AutoConfig, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("FOLDER")
+phishing = AutoConfig.from_pretrained("FOLDER").label2id["phishing"]
+session = onnxruntime.InferenceSession("FOLDER/model.onnx", providers=["CPUExecutionProvider"])
+batch = tokenizer(["http://www.example.com/login"], padding=True, return_tensors="np")
+(logits,) = session.run(["logits"], {{"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}})
+p = np.exp(logits - logits.max(-1, keepdims=True))
+p = p[:, phishing] / p.sum(-1)
+is_phishing = p >= {threshold:.6g}
+```"""
+
+
+def model_card(metrics: dict, info: dict, export: dict | None = None) -> str:
+    """The card's text (``README.md``) from a folder's ``metrics.json`` and ``run_info.json`` contents
+    (and, for an ONNX export, its ``onnx_export.json``)."""
     threshold, precision = metrics["threshold"], metrics["scoring_precision"]
     header = yaml.safe_dump(front_matter(metrics, info), sort_keys=False, allow_unicode=True)
     return f"""---
@@ -150,16 +188,7 @@ probability of the `phishing` label is at least **{threshold:.6g}** (`{THRESHOLD
 
 ## How to score
 
-The tokenizer normalises raw URLs as training did (scheme, `www.`, trailing `/`, `&amp;` residue).
-
-```python
-from transformers import pipeline
-
-classify = pipeline("text-classification", model="FOLDER", top_k=None)
-scores = classify(["http://www.example.com/login"])[0]
-p = next(s["score"] for s in scores if s["label"] == "phishing")
-is_phishing = p >= {threshold:.6g}
-```
+{how_to_score(threshold, export)}
 
 With this project: `python -m kd.predict --model FOLDER http://www.example.com/login`
 (it applies the threshold and precision above).

@@ -3,8 +3,12 @@ with the threshold chosen on validation, and the scoring precision recorded besi
 that threshold."""
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 from pathlib import Path
+
+import numpy as np
 
 import torch
 
@@ -71,7 +75,9 @@ def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int,
     beside the threshold: the threshold only holds for probabilities computed
     that way, so ``kd.predict``, ``kd.evaluate`` and ``quantize.py`` read both.
     Returns ``{"threshold": t, "scoring_precision": p, "sets": {name: metrics}}``
-    and writes a ROC PNG.
+    and writes a ROC PNG and every scored URL's probability to
+    ``OUT/scores.csv.gz`` (:func:`write_scores`), which paired comparisons of
+    runs (``kd.ablation``) read.
     """
     amp_dtype = scoring_autocast(scoring_precision)
     probs = {
@@ -83,4 +89,36 @@ def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int,
     threshold = choose_threshold(tokenized["validation"].labels, probs["validation"])
     results = {name: binary_metrics(tokenized[name].labels, p, threshold) for name, p in probs.items()}
     save_roc_png({name: (tokenized[name].labels, p) for name, p in probs.items()}, out_dir / "roc.png")
+    write_scores({name: (tokenized[name], p) for name, p in probs.items()}, out_dir / SCORES_FILE)
     return {"threshold": threshold, "scoring_precision": scoring_precision, "sets": results}
+
+
+SCORES_FILE = "scores.csv.gz"
+"""Per-URL probabilities of a run's final evaluation: columns ``set,url,label,p_phishing``."""
+
+
+def write_scores(sets: dict[str, tuple[TokenizedSet, np.ndarray]], path: Path) -> None:
+    """One row per scored URL of every set (``p_phishing`` to 7 significant digits); sets
+    built without URLs are left out. Written beside and renamed into place."""
+    from kd.eval.report import temp_path_beside
+
+    tmp = temp_path_beside(path)
+    with gzip.open(tmp, "xt", newline="", encoding="utf-8") as handle:  # "x": a new file of this call
+        writer = csv.writer(handle)
+        writer.writerow(["set", "url", "label", "p_phishing"])
+        for name, (data, probs) in sets.items():
+            if data.urls is not None:
+                writer.writerows((name, url, int(y), f"{p:.7g}") for url, y, p in zip(data.urls, data.labels, probs))
+    tmp.replace(path)
+
+
+def read_scores(path: Path) -> dict[str, dict]:
+    """``{set: {"urls": [...], "labels": (N,) int, "probs": (N,) float}}`` from :func:`write_scores`' file."""
+    columns: dict[str, tuple[list, list, list]] = {}
+    with gzip.open(path, "rt", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            urls, labels, probs = columns.setdefault(row["set"], ([], [], []))
+            urls.append(row["url"])
+            labels.append(int(row["label"]))
+            probs.append(float(row["p_phishing"]))
+    return {name: {"urls": u, "labels": np.array(y, dtype=np.int64), "probs": np.array(p)} for name, (u, y, p) in columns.items()}

@@ -19,6 +19,8 @@ from kd.eval.report import markdown_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
 from models.quantized import QUANTIZED_PRECISIONS, load_classifier, save_quantized
 
+ONNX_INT8 = "onnx-int8"
+"""The ONNX Runtime row: the student exported to ONNX with int8 weights (``kd.export --int8``), CPU only."""
 TEACHER_PRECISIONS = ("fp32", "bf16")
 STUDENT_BASE_PRECISIONS = ("fp32", "bf16")
 REPORT_METRICS = ("accuracy", "f1", "roc_auc", "tpr_at_1pct_fpr")
@@ -26,8 +28,12 @@ RUN_INFO = "run_info.json"
 
 
 def default_quantized_precisions(device: torch.device) -> list[str]:
-    """bitsandbytes NF4, FP4 and LLM.int8 everywhere; torch dynamic int8 on CPU only."""
-    return [p for p in QUANTIZED_PRECISIONS if p != "dynamic-int8" or device.type == "cpu"]
+    """bitsandbytes NF4, FP4 and LLM.int8 everywhere; torch dynamic int8 on CPU only; ONNX Runtime
+    int8 on CPU when the optional ``onnx`` packages are installed."""
+    import importlib.util
+
+    cpu_only = ("dynamic-int8", ONNX_INT8) if importlib.util.find_spec("onnxruntime") else ("dynamic-int8",)
+    return [p for p in (*QUANTIZED_PRECISIONS, ONNX_INT8) if p not in cpu_only or device.type == "cpu"]
 
 
 def save_variant(source: Path, precision: str, folder: Path, device: torch.device) -> int:
@@ -36,10 +42,15 @@ def save_variant(source: Path, precision: str, folder: Path, device: torch.devic
     ``folder`` is new or empty: quantize.py writes it under a temporary name
     (:func:`kd.train.outputs.publish_folder`). The source's ``run_info.json`` comes
     along. Returns the bytes saved (weights, config, tokenizer)."""
-    model, tokenizer = load_classifier(source, precision, device)
-    save_quantized(model, tokenizer, folder, precision)
-    del model
-    gc.collect()
+    if precision == ONNX_INT8:
+        from kd.export import write_onnx_folder
+
+        write_onnx_folder(Path(source), folder, int8=True)
+    else:
+        model, tokenizer = load_classifier(source, precision, device)
+        save_quantized(model, tokenizer, folder, precision)
+        del model
+        gc.collect()
     size = size_on_disk_bytes(folder)
     if (Path(source) / RUN_INFO).is_file():  # the data spec: kd.evaluate rebuilds the split from it
         shutil.copyfile(Path(source) / RUN_INFO, folder / RUN_INFO)
@@ -57,28 +68,40 @@ def variant_scoring_precision(source: Path, precision: str) -> str:
 
 
 def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[str], device: torch.device, *,
-                  max_length: int, batch_size: int, latency_repeats: int, throughput_urls: int) -> dict:
+                  max_length: int, batch_size: int, latency_repeats: int, throughput_urls: int, test_set: str = "test") -> dict:
     """Reload a saved variant and measure it: memory, accuracy, latency, throughput.
     Its threshold, scoring precision and metrics go to ``folder/metrics.json``
     (read by kd.predict and kd.evaluate), ``config.json`` and the model card, its ROC curves to ``folder/roc.png``. It is
     scored as kd.predict scores it (``kd.eval.inference.scoring_model``); its size
-    is the loaded model's."""
-    model, tokenizer = load_classifier(folder, device=device)
-    scorer = scoring_model(model)
+    is the loaded model's. An ONNX folder is scored through ONNX Runtime; its
+    parameters are its source's (quantization keeps them all) and its memory is
+    the bytes of ``model.onnx``, whose weights the session holds. The report's
+    metrics, latency and throughput are on ``test_set``."""
+    from models.onnx import ONNX_FILE, is_onnx_folder, load_onnx_classifier
+
+    onnx = is_onnx_folder(folder)
+    model, tokenizer = load_onnx_classifier(folder) if onnx else load_classifier(folder, device=device)
+    scorer = model if onnx else scoring_model(model)
     sets = splits.all_sets()
     tokenized = {name: tokenize(sets[name], tokenizer, max_length) for name in set_names}
     evaluation = final_evaluation(scorer, tokenized, batch_size, scoring_precision, folder)
     write_json(folder / "metrics.json", evaluation)
     describe_folder(folder)
     threshold, sets = evaluation["threshold"], evaluation["sets"]
-    test_urls = splits.test.urls
-    row = {
-        "parameters": parameter_count(model),
+    test_urls = splits.all_sets()[test_set].urls
+    if onnx:
+        source = json.loads((folder / "onnx_export.json").read_text())["source"]
+        parameters, memory = parameter_count(load_classifier(source, "fp32", "cpu")[0]), (folder / ONNX_FILE).stat().st_size
+    else:
         # After the forwards above: on CPU bitsandbytes has swapped in its runtime layout.
-        "memory_bytes": memory_footprint_bytes(model),
+        parameters, memory = parameter_count(model), memory_footprint_bytes(model)
+    row = {
+        "parameters": parameters,
+        "memory_bytes": memory,
         "threshold": threshold,
         "scoring_precision": scoring_precision,
-        **{m: sets["test"][m] for m in REPORT_METRICS},
+        "test_set": test_set,
+        **{m: sets[test_set][m] for m in REPORT_METRICS},
         "latency_ms_batch1": measure_latency(scorer, tokenizer, test_urls, batch_size=1, repeats=latency_repeats,
                                              max_length=max_length),
         "throughput_urls_per_s_batch256": measure_throughput(
@@ -107,8 +130,8 @@ def training_minutes(source: Path) -> float | None:
 
 
 def cross_set_names(rows: list[dict]) -> list[str]:
-    """The scored sets beyond validation and test (cross-data-set ones), in order."""
-    return [name for name in rows[0]["sets"] if name not in ("validation", "test")]
+    """The scored sets beyond validation and the report's test set (cross-data-set ones), in order."""
+    return [name for name in rows[0]["sets"] if name not in ("validation", rows[0].get("test_set", "test"))]
 
 
 def report_table(rows: list[dict]) -> str:
