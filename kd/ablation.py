@@ -40,7 +40,9 @@ only cells I, I+N, I+2N, ... and tabulates nothing; the CPU latencies are
 measured by the unsharded run that tabulates, so that no other worker's
 training shares the cores while they are timed.
 
-Every objective is compared with a reference group (``reference:`` in the
+The test metrics are those of the split's test part, or of the set named by
+``test_set:`` in the grid file (e.g. a held-out source when the split has
+none). Every objective is compared with a reference group (``reference:`` in the
 grid file, a group such as ``ce|L3``; default: the first group) on the same
 test URLs by a paired bootstrap over registrable domains and seeds
 (:mod:`kd.eval.compare`): OUT/paired.csv and a second table in summary.md
@@ -142,15 +144,17 @@ def expand_grid(grid: dict) -> list[Cell]:
     return cells
 
 
-def cell_row(cell: Cell, run_dir: Path, latency_ms: float | None) -> dict:
-    """One cell's row: its labels, test, validation and extra-test-set metrics, costs,
+def cell_row(cell: Cell, run_dir: Path, latency_ms: float | None, test_set: str = "test") -> dict:
+    """One cell's row: its labels, test (``test_set``), validation and extra-test-set metrics, costs,
     and sizes (an encoder student's against its teacher; a generative one's parameters)."""
     results = json.loads((run_dir / "results.json").read_text())
     sets = results["sets"]
+    if test_set not in sets:
+        raise UsageError(f"{run_dir} scored no set {test_set!r} (it has {sorted(sets)}): name one with test_set: in the grid file")
     row = {
-        "group": cell.group, **cell.labels, "seed": cell.seed, **{m: sets["test"][m] for m in METRICS},
+        "group": cell.group, **cell.labels, "seed": cell.seed, **{m: sets[test_set][m] for m in METRICS},
         **{m: sets["validation"][m.removeprefix("val_")] for m in VALIDATION_METRICS},
-        **{f"{name}:{m}": metrics[m] for name, metrics in sets.items() if name not in ("validation", "test")
+        **{f"{name}:{m}": metrics[m] for name, metrics in sets.items() if name not in ("validation", test_set)
            for m in CROSS_METRICS},
         **{key: results.get(key) for key in COSTS},
         "cpu_latency_ms": latency_ms, "train_seconds": results["train_seconds"],
@@ -322,9 +326,10 @@ def main(argv=None) -> list[dict]:
         spec = read_yaml(Path(args.grid).read_text(), args.grid)
         if not isinstance(spec, dict) or "grid" not in spec:
             raise UsageError(f"{args.grid} has no 'grid' section (see python -m kd.ablation --help)")
-        unknown = set(spec) - {"recipe", "base", "set", "out_dir", "grid", "reference"}
+        known = ("recipe", "base", "set", "out_dir", "grid", "reference", "test_set")
+        unknown = set(spec) - set(known)
         if unknown:
-            raise UsageError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: recipe, base, set, out_dir, grid, reference")
+            raise UsageError(f"unknown key(s) {sorted(unknown)} in {args.grid}; known: {', '.join(known)}")
         recipe = spec.get("recipe", "encoder")
         if recipe not in RECIPES:
             raise UsageError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
@@ -361,10 +366,10 @@ def main(argv=None) -> list[dict]:
             continue
         latency_file = run_dir / "cpu_latency.json"
         if not generative and not latency_file.is_file():
-            urls = [url for (_, _, url), _ in zip(read_split_file(run_dir / "splits.csv"), range(200))]
+            urls = [url for (_, _, url), _ in zip(read_split_file(run_dir / "splits.csv"), range(200))]  # any 200 of the run
             latency_file.write_text(json.dumps({"cpu_latency_ms_batch1": cpu_latency_ms(run_dir, urls)}))
         latency = None if generative else json.loads(latency_file.read_text())["cpu_latency_ms_batch1"]
-        row = cell_row(cell, run_dir, latency)
+        row = cell_row(cell, run_dir, latency, spec.get("test_set", "test"))
         rows.append(row)
         writer.add_hparams(
             {**{k: 0.0 if v is None else v for k, v in cell.labels.items()}, "seed": cell.seed},

@@ -68,3 +68,17 @@ def test_runs_on_different_urls_or_without_scores_are_refused(tmp_path):
         compare_groups([a], [tmp_path / "old"], n_boot=10)
     with pytest.raises(ValueError, match="same number"):
         compare_groups([a], [a, b], n_boot=10)
+
+
+def test_an_ablation_row_reads_the_named_test_set_and_refuses_a_missing_one(tmp_path):
+    from kd.ablation import Cell, cell_row
+    from kd.errors import UsageError
+
+    metrics = {"f1": 0.9, "roc_auc": 0.95, "tpr_at_1pct_fpr": 0.5, "accuracy": 0.92}
+    results = {"sets": {"validation": metrics, "esdaung": {**metrics, "f1": 0.8}}, "train_seconds": 1.0,
+               "total_parameters": 10, "trainable_parameters": 5}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    cell = Cell("ce|L3", 0, ())
+    assert cell_row(cell, tmp_path, None, "esdaung")["f1"] == 0.8
+    with pytest.raises(UsageError, match="test_set:"):
+        cell_row(cell, tmp_path, None)
