@@ -6,7 +6,8 @@
     python train_teacher.py --out runs/teacher --resume      # continue an interrupted run
 
 Writes OUT/best and OUT/last (save_pretrained folders with the tokenizer,
-run_info.json and metrics.json), OUT/results.json, OUT/roc.png, OUT/splits.csv
+run_info.json and metrics.json), OUT/results.json, OUT/roc.png, OUT/scores.csv.gz (every
+scored URL's probability), OUT/splits.csv
 and TensorBoard scalars under OUT/tb.
 """
 from __future__ import annotations

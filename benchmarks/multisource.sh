@@ -28,7 +28,7 @@ done
 # shellcheck disable=SC2086
 $PY -m kd.benchmark configs/benchmark-multisource.yaml --max-train-per-class "$CAP" --n-boot "$NBOOT" --out "$RUNS/bench" \
     --model "teacher:$RUNS/teacher-union/best" --model "student:$RUNS/student-union/best" $fold_rows
-$PY quantize.py --student "$RUNS/student-union/best" --precisions nf4 onnx-int8 --sets validation $SOURCES \
+$PY quantize.py --student "$RUNS/student-union/best" --precisions nf4 onnx-int8 --sets validation esdaung \
     --test-set esdaung --out "$RUNS/quant-union"
 for s in $SOURCES; do
   $PY quantize.py --student "$RUNS/student-loso-$s/best" --precisions nf4 --sets validation "$s" --test-set "$s" \

@@ -37,21 +37,25 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a trained fp32 or bf16 classifier folder with run_info.json")
     parser.add_argument("--out", type=Path, help="results JSON (+ .md beside it)")
+    parser.add_argument("--sets", nargs="+", default=list(SETS),
+                        help="sets of the model's data spec to score (default: validation test; e.g. validation esdaung "
+                             "for a kd.benchmark fold, whose split has no test part)")
     args = parser.parse_args(argv)
+    sets = args.sets
     data_args = argparse.Namespace(config=None, set=[], source=None, test_source=None, data_dir=None)
     model, tokenizer = load_classifier(args.model, "fp32", "cpu")
     _, tokenized = prepare_data(data_config_for(args.model, data_args), tokenizer, 128)
     threshold, _, _ = saved_scoring(args.model)
     column = phishing_column(model)
-    reference = {name: probabilities(predict_tokenized(model, tokenized[name]), column) for name in SETS}
+    reference = {name: probabilities(predict_tokenized(model, tokenized[name]), column) for name in sets}
     rows = {"torch fp32": {name: {"f1": binary_metrics(tokenized[name].labels, reference[name], threshold)["f1"]}
-                           for name in SETS}}
+                           for name in sets}}
     with tempfile.TemporaryDirectory(prefix="kd-onnx-parity-") as tmp:
         for precision in ("fp32", "int8"):
             folder = export_folder(args.model, Path(tmp) / precision, int8=precision == "int8")
             session, _ = load_onnx_classifier(folder)
             rows[f"ONNX Runtime {precision}"] = row = {}
-            for name in SETS:
+            for name in sets:
                 probs = probabilities(predict_tokenized(session, tokenized[name]), column)
                 row[name] = {"f1": binary_metrics(tokenized[name].labels, probs, threshold)["f1"],
                              "max_abs_probability_difference": float(np.abs(probs - reference[name]).max()),
@@ -62,7 +66,7 @@ def main(argv=None) -> dict:
         ("variant", "set", "URLs", "F1", "max |Δp| vs torch fp32", "verdicts as torch fp32"),
         [[variant, name, str(len(tokenized[name])), f"{row[name]['f1']:.4f}",
           f"{row[name].get('max_abs_probability_difference', 0):.2e}", f"{row[name].get('verdict_agreement', 1):.2%}"]
-         for variant, row in rows.items() for name in SETS],
+         for variant, row in rows.items() for name in sets],
         right=[False, False, True, True, True, True])
     print(table)
     results = {"model": str(args.model), "threshold": threshold, "variants": rows}

@@ -10,8 +10,8 @@ changes single fields of it, ``--config`` replaces it with a preset's and
 maximises F1 on the validation split and is applied unchanged to every test set. URLs are scored in the model's
 recorded scoring precision (``scoring_precision`` in its metrics.json, as
 training, quantize.py and kd.predict do; without one, as loaded); an ONNX
-export (``kd.export``) is scored by ONNX Runtime as exported. Writes OUT/eval.json and
-OUT/roc.png (OUT defaults to the model folder's parent run / eval-<name>).
+export (``kd.export``) is scored by ONNX Runtime as exported. Writes OUT/eval.json,
+OUT/roc.png and OUT/scores.csv.gz, every URL's probability (OUT defaults to the model folder's parent run / eval-<name>).
 """
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ def resolved_config(cfg) -> dict:
 
 
 RUN_ENTRIES = frozenset({".lock", "config.yaml", "splits.csv", "data_report.json", "tb", "checkpoints", "best", "last",
-                         "train_history.json", "results.json", "roc.png", "demo_results.json"})
+                         "train_history.json", "results.json", "roc.png", "scores.csv.gz", "demo_results.json"})
 """What a training run (and kd.demo) writes at the top of its folder; ``--overwrite`` deletes these, nothing else."""
 
 
