@@ -149,13 +149,18 @@ def main(argv=None) -> dict:
         right=[False, True, True, True, True, True, True])
     print(table)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        env = results["env"]
-        args.out.with_suffix(".md").write_text(
-            f"# CPU scoring of the 3-layer student\n\n{env['date']}, {env['device']}, torch {env['torch']}, "
-            f"transformers {env['transformers']}; {len(urls)} URLs of {source}; bf16 matmul {ceiling:.3f} TFLOP/s "
-            f"(the MFU denominator).\n\n{table}\n")
+        save_results(args.out, results, "CPU scoring of the 3-layer student",
+                     f"{len(urls)} URLs of {source}; bf16 matmul {ceiling:.3f} TFLOP/s (the MFU denominator)", table)
     return results
+
+
+def save_results(out: Path, results: dict, title: str, setting: str, body: str) -> None:
+    """``results`` as JSON at ``out`` and a Markdown page beside it: the title, the
+    date, machine and library versions of ``results["env"]``, ``setting``, then ``body``."""
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    env = results["env"]
+    out.with_suffix(".md").write_text(f"# {title}\n\n{env['date']}, {env['device']}, torch {env['torch']}, "
+                                      f"transformers {env['transformers']}; {setting}.\n\n{body}\n")
 
 
 if __name__ == "__main__":

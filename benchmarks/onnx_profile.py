@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cpu_scoring import build_student, load_variant  # noqa: E402
+from cpu_scoring import build_student, load_variant, save_results  # noqa: E402
 from kd.bench import BenchConfig, benchmark_urls  # noqa: E402
 from kd.eval.inference import predict_logits  # noqa: E402
 from kd.eval.measure import measure_throughput  # noqa: E402
@@ -124,12 +124,8 @@ def main(argv=None) -> dict:
     profile = markdown_table(("variant", "operator ms (one pass)", "largest shares"), profiles, right=[False, True, False])
     print(speed + "\n\n" + profile)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        env = results["env"]
-        args.out.with_suffix(".md").write_text(
-            f"# ONNX Runtime against torch at batch 256: throughput and profile\n\n{env['date']}, {env['device']}, "
-            f"{args.threads} threads, torch {env['torch']}, transformers {env['transformers']}; {len(urls)} URLs of "
-            f"{source}.\n\n{speed}\n\n{profile}\n")
+        save_results(args.out, results, "ONNX Runtime against torch at batch 256: throughput and profile",
+                     f"{args.threads} threads; {len(urls)} URLs of {source}", f"{speed}\n\n{profile}")
     return results
 
 
