@@ -15,18 +15,12 @@ packages of ``pip install .[onnx]``.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
 from kd.errors import UsageError, run_cli
+from kd.eval.onnx_folder import write_onnx_folder
 from kd.train.outputs import check_apart, publish_folder
-
-COPIED_RECORDS = ("metrics.json", "run_info.json")
-"""Files of the source folder copied unchanged, where present: the scoring record
-(threshold and the precision it was tuned in) and the run that made the model."""
-EXPORTABLE_PRECISIONS = ("fp32", "bf16")
 
 
 def export_folder(model_dir: str | Path, out_dir: str | Path, *, int8: bool = False) -> Path:
@@ -40,37 +34,6 @@ def export_folder(model_dir: str | Path, out_dir: str | Path, *, int8: bool = Fa
     check_model_folder(source)
     check_apart(out_dir, "--out", {"--model": source})
     return publish_folder(Path(out_dir), lambda folder: write_onnx_folder(source, folder, int8=int8))
-
-
-def write_onnx_folder(source: Path, folder: Path, *, int8: bool = False) -> None:
-    """Write the ONNX export of the classifier folder ``source`` into the new, empty
-    ``folder`` (model, config, tokenizer, record, scoring record and card)."""
-    from kd.eval.model_card import describe_folder
-    from models.onnx import EXPORTER, ONNX_FILE, ONNX_RECORD, OPSET, export_onnx, quantize_int8
-    from models.quantized import load_classifier, saved_precision
-
-    saved = saved_precision(source)
-    if saved not in EXPORTABLE_PRECISIONS:
-        raise UsageError(f"{source} holds a {saved} model, which cannot be exported to ONNX; "
-                         "export the fp32 checkpoint it was quantized from (add --int8 for an int8 ONNX model)")
-    model, tokenizer = load_classifier(source, "fp32", "cpu")
-    if int8:
-        fp32_path = folder / "fp32.onnx"
-        export_onnx(model, fp32_path)
-        quantize_int8(fp32_path, folder / ONNX_FILE)
-        fp32_path.unlink()
-    else:
-        export_onnx(model, folder / ONNX_FILE)
-    shutil.copyfile(source / "config.json", folder / "config.json")
-    tokenizer.save_pretrained(folder)
-    for name in COPIED_RECORDS:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, folder / name)
-    record = {"precision": "int8" if int8 else "fp32", "opset": OPSET, "exporter": EXPORTER,
-              "source": str(source), "source_precision": saved}
-    (folder / ONNX_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    if (folder / "metrics.json").is_file():
-        describe_folder(folder)
 
 
 def build_parser() -> argparse.ArgumentParser:

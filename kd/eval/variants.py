@@ -43,7 +43,7 @@ def save_variant(source: Path, precision: str, folder: Path, device: torch.devic
     (:func:`kd.train.outputs.publish_folder`). The source's ``run_info.json`` comes
     along. Returns the bytes saved (weights, config, tokenizer)."""
     if precision == ONNX_INT8:
-        from kd.export import write_onnx_folder
+        from kd.eval.onnx_folder import write_onnx_folder
 
         write_onnx_folder(Path(source), folder, int8=True)
     else:
