@@ -43,16 +43,18 @@ def fused_copy(export: Path, out: Path, int8: bool) -> Path:
     """``export`` with ONNX Runtime's BERT fusions applied to its fp32 graph (then int8-quantized if asked)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    shutil.copytree(export, out)
-    fused = optimize_model(str(export / ONNX_FILE), model_type="bert", num_heads=12, hidden_size=384, opt_level=1)
+    shutil.copytree(export, out)  # a new folder: copytree refuses an existing one
+    config = json.loads((export / "config.json").read_text())
+    fused = optimize_model(str(export / ONNX_FILE), model_type="bert", num_heads=config["num_attention_heads"],
+                           hidden_size=config["hidden_size"], opt_level=1)
+    if not int8:
+        fused.save_model_to_file(str(out / ONNX_FILE))
+        return out
     fused.save_model_to_file(str(out / "fused.onnx"))
-    if int8:
-        quantize_int8(out / "fused.onnx", out / ONNX_FILE)
-        record = json.loads((out / "onnx_export.json").read_text())
-        (out / "onnx_export.json").write_text(json.dumps({**record, "precision": "int8"}))
-    else:
-        (out / "fused.onnx").replace(out / ONNX_FILE)
-    (out / "fused.onnx").unlink(missing_ok=True)
+    quantize_int8(out / "fused.onnx", out / ONNX_FILE)
+    (out / "fused.onnx").unlink()  # written just above, in the folder this call created
+    record = json.loads((out / "onnx_export.json").read_text())
+    (out / "onnx_export.json").write_text(json.dumps({**record, "precision": "int8"}))
     return out
 
 

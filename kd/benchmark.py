@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import platform
 import sys
 import time
@@ -49,7 +48,7 @@ from kd.train.config import read_yaml
 from kd.eval.bootstrap import bootstrap_ci, cluster_index, minimal_detectable_difference
 from kd.eval.baseline import fit_tfidf
 from kd.eval.metrics import choose_threshold, tpr_at_fpr
-from kd.eval.report import markdown_table, write_json
+from kd.eval.report import markdown_table, write_json, written_beside
 
 TEMPORAL = "temporal"
 POOLED = "pooled"
@@ -231,9 +230,10 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, models: dict[str, Path] | Non
     columns = test_columns(cfg, parts)
     folds = {"union": _fold_data(cfg, parts, out, "union", None)}
     folds.update({f"loso-{s}": _fold_data(cfg, parts, out, f"loso-{s}", s) for s in cfg.sources})
-    rows: dict[str, dict] = {}
+    split_sizes = {name: part.sizes() for name, part in parts.items()}
     if folds_only:
-        return {"config": cfg.__dict__, "split_sizes": {name: part.sizes() for name, part in parts.items()}, "folds": folds}
+        return {"config": cfg.__dict__, "split_sizes": split_sizes, "folds": folds}
+    rows: dict[str, dict] = {}
 
     def score(row: str, column: str, probs, threshold):
         rows.setdefault(row, {})[column] = cell_metrics(columns[column], probs, threshold, cfg.n_boot, cfg.seed)
@@ -259,7 +259,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, models: dict[str, Path] | Non
     return {
         "config": cfg.__dict__, "models": {row: str(f) for row, f in (models or {}).items()},
         "fold_models": {row: {s: str(f) for s, f in folders.items()} for row, folders in (fold_models or {}).items()}, "rows": rows,
-        "split_sizes": {name: part.sizes() for name, part in parts.items()}, "folds": folds,
+        "split_sizes": split_sizes, "folds": folds,
         "data": report.to_dict(), "cpu": cpu_model(), "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -308,7 +308,7 @@ def markdown_report(result: dict) -> str:
     if models:
         lines += ["## Model folders\n"] + [f"- {row}: `{folder}`" for row, folder in models.items()] + [""]
     lines += ["## Split sizes (after caps)\n", "```", yaml.safe_dump(result["split_sizes"], sort_keys=False).rstrip(), "```", ""]
-    lines += ["## Training sets for teachers\n"] + [f"- `{name}`: `python train_teacher.py --config {f['config']}`" for name, f in result["folds"].items()]
+    lines += ["## Training sets for teachers\n"] + [f"- `{name}`: `{teacher_command(f)}`" for name, f in result["folds"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -336,6 +336,11 @@ def heatmap_png(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def teacher_command(fold: dict) -> str:
+    """The command that trains a teacher on a fold written by :func:`run_benchmark`."""
+    return f"python train_teacher.py --config {fold['config']}"
 
 
 def row_and_rest(item: str, default: str | None) -> tuple[str | None, str]:
@@ -397,14 +402,14 @@ def main(argv=None) -> dict:
     result = run_benchmark(cfg, out, models, fold_models, folds_only=args.folds_only)
     if args.folds_only:
         print(yaml.safe_dump(result["split_sizes"], sort_keys=False))
-        print("\n".join(f"{name}: python train_teacher.py --config {f['config']}" for name, f in result["folds"].items()))
+        print("\n".join(f"{name}: {teacher_command(f)}" for name, f in result["folds"].items()))
         return result
     write_json(out / "benchmark.json", result)
-    tmp = out / ".benchmark.md.tmp"
-    tmp.write_text(markdown_report(result))
-    os.replace(tmp, out / "benchmark.md")
+    report = markdown_report(result)
+    with written_beside(out / "benchmark.md") as tmp:
+        tmp.write_text(report)
     heatmap_png(result, out / "benchmark.png")
-    print(markdown_report(result))
+    print(report)
     print(f"wrote {out / 'benchmark.md'}, benchmark.json, benchmark.png and folds/")
     return result
 

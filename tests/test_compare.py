@@ -82,3 +82,13 @@ def test_an_ablation_row_reads_the_named_test_set_and_refuses_a_missing_one(tmp_
     assert cell_row(cell, tmp_path, None, "esdaung")["f1"] == 0.8
     with pytest.raises(UsageError, match="test_set:"):
         cell_row(cell, tmp_path, None)
+
+
+def test_scores_that_fail_halfway_leave_the_old_file_and_no_temporary(tmp_path):
+    data = TokenizedSet([[1], [2]], np.array([0, 1]), 0, ["a.com", "b.com"])
+    write_scores({"test": (data, np.array([0.25, 0.75]))}, tmp_path / SCORES_FILE)
+    before = (tmp_path / SCORES_FILE).read_bytes()
+    with pytest.raises(TypeError):
+        write_scores({"test": (data, np.array([0.5, None], dtype=object))}, tmp_path / SCORES_FILE)
+    assert (tmp_path / SCORES_FILE).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [SCORES_FILE]

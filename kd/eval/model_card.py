@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from kd.eval.report import markdown_table, write_json
+from kd.eval.report import markdown_table, write_json, written_beside
 from models.onnx import ONNX_RECORD
 
 MODEL_CARD = "README.md"
@@ -43,7 +43,8 @@ def describe_folder(folder: str | Path) -> None:
     write_json(folder / "config.json", config)
     export_file = folder / ONNX_RECORD
     export = json.loads(export_file.read_text(encoding="utf-8")) if export_file.is_file() else None
-    (folder / MODEL_CARD).write_text(model_card(metrics, info, export), encoding="utf-8")
+    with written_beside(folder / MODEL_CARD) as tmp:
+        tmp.write_text(model_card(metrics, info, export), encoding="utf-8")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -6,7 +6,8 @@ import csv
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 METRIC_COLUMNS = (("n", "n"), ("accuracy", "acc"), ("precision", "prec"), ("recall", "recall"), ("f1", "F1"),
@@ -50,15 +51,24 @@ def temp_path_beside(path: Path) -> Path:
     return path.resolve().parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
 
 
-def write_json(path: Path, payload) -> None:
-    """Write JSON atomically (a new temporary file, then rename)."""
+@contextmanager
+def written_beside(path: Path) -> Iterator[Path]:
+    """Yield a new, empty temporary file beside ``path`` (:func:`temp_path_beside`, created
+    by this call) for the caller to fill; rename it to ``path`` when the block ends, or
+    remove it if the block raises, so ``path`` is replaced whole or not at all."""
     path = Path(path)
     tmp = temp_path_beside(path)
     with open(tmp, "x", encoding="utf-8"):  # created by this call: the only file the except below removes
         pass
     try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary
         raise
+
+
+def write_json(path: Path, payload) -> None:
+    """Write JSON atomically (:func:`written_beside`)."""
+    with written_beside(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

@@ -99,17 +99,15 @@ SCORES_FILE = "scores.csv.gz"
 
 def write_scores(sets: dict[str, tuple[TokenizedSet, np.ndarray]], path: Path) -> None:
     """One row per scored URL of every set (``p_phishing`` to 7 significant digits); sets
-    built without URLs are left out. Written beside and renamed into place."""
-    from kd.eval.report import temp_path_beside
+    built without URLs are left out. Replaced whole (:func:`kd.eval.report.written_beside`)."""
+    from kd.eval.report import written_beside
 
-    tmp = temp_path_beside(path)
-    with gzip.open(tmp, "xt", newline="", encoding="utf-8") as handle:  # "x": a new file of this call
+    with written_beside(path) as tmp, gzip.open(tmp, "wt", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["set", "url", "label", "p_phishing"])
         for name, (data, probs) in sets.items():
             if data.urls is not None:
                 writer.writerows((name, url, int(y), f"{p:.7g}") for url, y, p in zip(data.urls, data.labels, probs))
-    tmp.replace(path)
 
 
 def read_scores(path: Path) -> dict[str, dict]:

@@ -42,15 +42,15 @@ def save_variant(source: Path, precision: str, folder: Path, device: torch.devic
     ``folder`` is new or empty: quantize.py writes it under a temporary name
     (:func:`kd.train.outputs.publish_folder`). The source's ``run_info.json`` comes
     along. Returns the bytes saved (weights, config, tokenizer)."""
-    if precision == ONNX_INT8:
+    if precision == ONNX_INT8:  # the export carries the source's run_info.json itself
         from kd.eval.onnx_folder import write_onnx_folder
 
         write_onnx_folder(Path(source), folder, int8=True)
-    else:
-        model, tokenizer = load_classifier(source, precision, device)
-        save_quantized(model, tokenizer, folder, precision)
-        del model
-        gc.collect()
+        return size_on_disk_bytes(folder)
+    model, tokenizer = load_classifier(source, precision, device)
+    save_quantized(model, tokenizer, folder, precision)
+    del model
+    gc.collect()
     size = size_on_disk_bytes(folder)
     if (Path(source) / RUN_INFO).is_file():  # the data spec: kd.evaluate rebuilds the split from it
         shutil.copyfile(Path(source) / RUN_INFO, folder / RUN_INFO)
@@ -82,13 +82,13 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
     onnx = is_onnx_folder(folder)
     model, tokenizer = load_onnx_classifier(folder) if onnx else load_classifier(folder, device=device)
     scorer = model if onnx else scoring_model(model)
-    sets = splits.all_sets()
-    tokenized = {name: tokenize(sets[name], tokenizer, max_length) for name in set_names}
+    examples = splits.all_sets()
+    tokenized = {name: tokenize(examples[name], tokenizer, max_length) for name in set_names}
     evaluation = final_evaluation(scorer, tokenized, batch_size, scoring_precision, folder)
     write_json(folder / "metrics.json", evaluation)
     describe_folder(folder)
     threshold, sets = evaluation["threshold"], evaluation["sets"]
-    test_urls = splits.all_sets()[test_set].urls
+    test_urls = examples[test_set].urls
     if onnx:
         source = json.loads((folder / "onnx_export.json").read_text())["source"]
         parameters, memory = parameter_count(load_classifier(source, "fp32", "cpu")[0]), (folder / ONNX_FILE).stat().st_size
