@@ -19,10 +19,16 @@ models trained without one source each (``--fold-model [ROW:]SOURCE=FOLDER``,
 one row per ROW: teacher, student, NF4 ...), the TF-IDF baseline
 trained on the union's train part (threshold chosen on validation), and the
 TF-IDF baseline left out of each source in turn (``leave-one-source-out``:
-the column's source is absent from training). Each cell reports ROC-AUC,
+the column's source is absent from training). A model left out of a source is
+scored on that source's *held-out set* (:func:`held_out_set`): every URL of
+it whose registrable domain the fold never trained on, about five times its
+test part. Each cell reports ROC-AUC,
 F1, TPR and FPR at the threshold, TPR at 1 % FPR, each with its 95 % cluster-bootstrap
 CI (:mod:`kd.eval.bootstrap`, domains resampled), and the minimal detectable
-ROC-AUC difference. Writes OUT/benchmark.{md,json,png} and, under
+ROC-AUC difference. Each model row is also compared, paired on the same URLs,
+with the first row of its kind (a student with its teacher): difference, CI,
+p-value, and the share of the reference's value it keeps.
+Writes OUT/benchmark.{md,json,png} and, under
 OUT/folds/, the data of each training set (union and one per left-out
 source) as CSV files with a teacher config to train on them::
 
@@ -52,6 +58,7 @@ from kd.eval.report import markdown_table, write_json, written_beside
 
 TEMPORAL = "temporal"
 POOLED = "pooled"
+LOSO = "leave-one-source-out"
 
 
 @dataclass
@@ -119,8 +126,9 @@ def cell_metrics(test: SourceSet, probs: np.ndarray, threshold: float, n_boot: i
 
 
 def _fold_data(cfg: BenchmarkConfig, parts: dict[str, SourceSet], out: Path, name: str, leave_out: str | None) -> dict:
-    """Write one training set (train + validation parts without ``leave_out``) and the
-    test parts as CSV, with a teacher config; return its data spec."""
+    """Write one training set (train + validation parts without ``leave_out``) and its test
+    sets as CSV (the union: every source's test part; a left-out source: its held-out set), with a
+    teacher config; return its data spec."""
     folder = out / "folds" / name
     folder.mkdir(parents=True, exist_ok=True)
     keep = lambda s: s != leave_out  # noqa: E731
@@ -128,9 +136,13 @@ def _fold_data(cfg: BenchmarkConfig, parts: dict[str, SourceSet], out: Path, nam
     _write_urls(folder / "train.csv", train)
     tests = {}
     for source in cfg.sources:
-        if leave_out is None or source == leave_out:
+        if leave_out is None:
             _write_urls(folder / f"test-{source}.csv", parts["test"].where(lambda i: parts["test"].sources[i] == source))
-            tests[source] = [str((folder / f"test-{source}.csv").resolve())]
+        elif source == leave_out:
+            _write_urls(folder / f"test-{source}.csv", parts[held_out_name(source)])
+        else:
+            continue
+        tests[source] = [str((folder / f"test-{source}.csv").resolve())]
     if TEMPORAL in parts and leave_out is None:
         _write_urls(folder / "test-temporal.csv", parts[TEMPORAL])
         tests[TEMPORAL] = [str((folder / "test-temporal.csv").resolve())]
@@ -161,7 +173,8 @@ def _is_future(data: SourceSet, i: int, dated_source: str, since: str) -> bool:
 
 
 def build_parts(cfg: BenchmarkConfig, report: DataReport) -> dict[str, SourceSet]:
-    """``{train, validation, test, temporal?}``: the union split, capped, and the temporal test.
+    """``{train, validation, test, "held-out SOURCE"..., temporal?}``: the union split, capped,
+    each two-class source's held-out set (:func:`held_out_set`) and the temporal test.
 
     The dated source's URLs from ``since`` on (and the few undated ones) are in
     no training part; its test-split ones from ``since`` on are the temporal
@@ -174,19 +187,39 @@ def build_parts(cfg: BenchmarkConfig, report: DataReport) -> dict[str, SourceSet
         dated[dated_source] = (first if isinstance(first, str) else first["path"]).split(":")[0]
     data = read_multisource(sources, DataConfig(data_dir=cfg.data_dir, seed=cfg.seed), report, dated=dated)
     caps = {"train": cfg.max_train_per_class, "validation": cfg.max_train_per_class, "test": cfg.max_test_per_class}
-    if not cfg.temporal:
-        return split_multisource(data, cfg.fractions, cfg.seed, caps)
-    report.dropped[f"{dated_source}: undated (in no split)"] = sum(s == dated_source and not d for s, d in zip(data.sources, data.dates))
     whole = split_multisource(data, cfg.fractions, cfg.seed, {})
     parts = {}
     for name, part in whole.items():
-        early = part.where(lambda i, p=part: not _is_future(p, i, dated_source, since))
+        early = part.where(lambda i, p=part: not _is_future(p, i, dated_source, since)) if cfg.temporal else part
         parts[name] = early.subset(cap_indices(early, caps[name], cfg.seed))
+    for source in cfg.sources:
+        held = held_out_set(whole, parts, source)
+        parts[held_out_name(source)] = held.subset(cap_indices(held, cfg.max_test_per_class, cfg.seed))
+    if not cfg.temporal:
+        return parts
+    report.dropped[f"{dated_source}: undated (in no split)"] = sum(s == dated_source and not d for s, d in zip(data.sources, data.dates))
     test = whole["test"]
     future = test.where(lambda i: _is_future(test, i, dated_source, since) and test.dates[i] != "")
     legitimate = parts["test"].where(lambda i: parts["test"].sources[i] == cfg.temporal["legitimate"] and parts["test"].labels[i] == 0)
     parts[TEMPORAL] = SourceSet.concat([legitimate, future.subset(cap_indices(future, cfg.max_test_per_class, cfg.seed))])
     return parts
+
+
+def held_out_name(source: str) -> str:
+    return f"held-out {source}"
+
+
+def held_out_set(whole: dict[str, SourceSet], parts: dict[str, SourceSet], source: str) -> SourceSet:
+    """What the models trained without ``source`` are scored on: every URL of ``source``, from all
+    three uncapped parts of the split, less those whose registrable domain is in the fold's
+    training data (the capped train and validation parts of the other sources).
+
+    The source's test part is all in it (its domains are in no training part); its train and
+    validation URLs are in it too, since that fold never trains on them. About five times the
+    test part, so TPR at 0.1 % FPR rests on tens of legitimate URLs and the intervals narrow."""
+    seen = {d for name in ("train", "validation") for d, s in zip(parts[name].domains(), parts[name].sources) if s != source}
+    everything = SourceSet.concat([whole[name].where(lambda i, p=whole[name]: p.sources[i] == source) for name in whole])
+    return everything.subset([i for i, d in enumerate(everything.domains()) if d not in seen])
 
 
 def test_columns(cfg: BenchmarkConfig, parts: dict[str, SourceSet]) -> dict[str, SourceSet]:
@@ -221,7 +254,7 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, models: dict[str, Path] | Non
 
     ``models`` maps a row name to a model folder scored on every column;
     ``fold_models`` maps a row name to ``{source: the model trained without it}``
-    (its ``loso-SOURCE`` fold), each scored on that source's test part only. With
+    (its ``loso-SOURCE`` fold), each scored on that source's held-out set only. With
     ``folds_only`` nothing is scored: the result has the folds and sizes, no rows."""
     started = time.perf_counter()
     report = DataReport()
@@ -233,35 +266,62 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, models: dict[str, Path] | Non
     split_sizes = {name: part.sizes() for name, part in parts.items()}
     if folds_only:
         return {"config": cfg.__dict__, "split_sizes": split_sizes, "folds": folds}
+    held_out = {s: parts[held_out_name(s)] for s in cfg.sources}
     rows: dict[str, dict] = {}
+    scored: dict[str, dict] = {}  # row -> column -> (probs, threshold), for the paired comparisons
 
-    def score(row: str, column: str, probs, threshold):
-        rows.setdefault(row, {})[column] = cell_metrics(columns[column], probs, threshold, cfg.n_boot, cfg.seed)
+    def score(row: str, column: str, test: SourceSet, probs, threshold):
+        rows.setdefault(row, {})[column] = cell_metrics(test, probs, threshold, cfg.n_boot, cfg.seed)
+        scored.setdefault(row, {})[column] = (probs, threshold)
 
     for row, folder in (models or {}).items():
         probs, threshold = score_model_folder(folder, columns)
         for column in columns:
-            score(f"{row} (union)", column, probs[column], threshold)
+            score(f"{row} (union)", column, columns[column], probs[column], threshold)
         print(f"{row} (union) scored at {time.perf_counter() - started:.0f} s", flush=True)
     for row, folders in (fold_models or {}).items():
         for source, folder in folders.items():
-            probs, threshold = score_model_folder(folder, {source: columns[source]})
-            score(f"{row} (leave-one-source-out)", source, probs[source], threshold)
-        print(f"{row} (leave-one-source-out) scored at {time.perf_counter() - started:.0f} s", flush=True)
+            probs, threshold = score_model_folder(folder, {source: held_out[source]})
+            score(f"{row} ({LOSO})", source, held_out[source], probs[source], threshold)
+        print(f"{row} ({LOSO}) scored at {time.perf_counter() - started:.0f} s", flush=True)
     probs, threshold = _tfidf_scores(cfg, parts["train"], parts["validation"], columns)
     for column in columns:
-        score("tfidf (union)", column, probs[column], threshold)
+        score("tfidf (union)", column, columns[column], probs[column], threshold)
     print(f"tfidf (union) fitted and scored at {time.perf_counter() - started:.0f} s", flush=True)
     for source in cfg.sources:
         keep = lambda p: p.where(lambda i: p.sources[i] != source)  # noqa: E731
-        probs, threshold = _tfidf_scores(cfg, keep(parts["train"]), keep(parts["validation"]), {source: columns[source]})
-        score("tfidf (leave-one-source-out)", source, probs[source], threshold)
+        probs, threshold = _tfidf_scores(cfg, keep(parts["train"]), keep(parts["validation"]), {source: held_out[source]})
+        score(f"tfidf ({LOSO})", source, held_out[source], probs[source], threshold)
+    paired = paired_rows(scored, [([f"{row} (union)" for row in models or {}], columns),
+                                  ([f"{row} ({LOSO})" for row in fold_models or {}], held_out)], cfg.n_boot, cfg.seed)
     return {
         "config": cfg.__dict__, "models": {row: str(f) for row, f in (models or {}).items()},
         "fold_models": {row: {s: str(f) for s, f in folders.items()} for row, folders in (fold_models or {}).items()}, "rows": rows,
-        "split_sizes": split_sizes, "folds": folds,
+        "paired": paired, "split_sizes": split_sizes, "folds": folds,
         "data": report.to_dict(), "cpu": cpu_model(), "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def paired_rows(scored: dict[str, dict], kinds: list[tuple[list[str], dict[str, SourceSet]]], n_boot: int, seed: int) -> list[dict]:
+    """Every model row against the first row of its kind, on the same URLs of each column both
+    scored: :func:`kd.eval.compare.paired_metrics` rows (ROC-AUC, F1 at each model's own
+    threshold) with ``row``, ``against`` and ``column`` added. ``kinds``: ``(rows, sets)`` pairs,
+    here the ``--model`` rows on the test columns and the ``--fold-model`` rows on the held-out
+    sets, so a student is compared with the teacher listed before it."""
+    from kd.eval.compare import paired_metrics
+
+    out = []
+    for names, sets in kinds:
+        for row in names[1:]:
+            for column, (probs, threshold) in scored[row].items():
+                if column not in scored[names[0]]:
+                    continue
+                ref_probs, ref_threshold = scored[names[0]][column]
+                clusters = cluster_index(sets[column].domains())
+                for cell in paired_metrics(sets[column].labels, clusters, ref_probs, probs, [ref_threshold], [threshold],
+                                           n_boot=n_boot, seed=seed):
+                    out.append({"row": row, "against": names[0], "column": column, **cell})
+    return out
 
 
 def _tfidf_scores(cfg: BenchmarkConfig, train: SourceSet, validation: SourceSet, tests: dict[str, SourceSet]):
@@ -293,17 +353,30 @@ def markdown_report(result: dict) -> str:
              "Each cell: value [95 % CI], resampling registrable domains "
              f"({result['config']['n_boot']} replicates). Columns are test parts of one split by registrable domain "
              "across all sources; `temporal`: phishing dated from "
-             f"{result['config']['temporal'].get('since', '-')} on against held-out legitimate URLs.\n"]
+             f"{result['config']['temporal'].get('since', '-')} on against held-out legitimate URLs. Rows trained "
+             f"{LOSO} are scored on the held-out source: every URL of it whose registrable domain is in no training "
+             "URL of that fold (its test part and most of its train and validation parts).\n"]
     for key, title in (("roc_auc", "ROC-AUC"), ("f1_at_threshold", "F1 at the deployed threshold"),
                        ("tpr_at_threshold", "TPR at the deployed threshold"),
                        ("fpr_at_threshold", "FPR at the deployed threshold"), ("tpr_at_1pct_fpr", "TPR at 1 % FPR")):
         table = [[row] + [_ci(cells[c], key) if c in cells else "-" for c in columns] for row, cells in rows.items()]
         lines += [f"## {title}\n", markdown_table(["trained / scored", *columns], table, [False] + [True] * len(columns)), ""]
-    first = next(iter(rows.values()))
+    sizes = {**rows["tfidf (union)"], **{f"{c}, held out": m for c, m in rows[f"tfidf ({LOSO})"].items()}}
     lines += ["## Test sizes\n", markdown_table(
         ["column", "legitimate", "phishing", "domains", "minimal detectable ROC-AUC difference", "legitimate URLs behind TPR at 0.1 % FPR"],
         [[c, str(m["n_legitimate"]), str(m["n_phishing"]), str(m["n_domains"]), f"{m['mdd_roc_auc']:.4f}",
-          f"{m['n_legitimate'] * 0.001:.1f}"] for c, m in first.items()], [False] + [True] * 5), ""]
+          f"{m['n_legitimate'] * 0.001:.1f}"] for c, m in sizes.items()], [False] + [True] * 5), ""]
+    if result.get("paired"):
+        lines += ["## Paired against the first row of its kind\n",
+                  "Same URLs, registrable domains resampled; F1 at each model's own threshold; `kept`: value / reference; "
+                  "`detectable`: the smallest difference this column shows with 80 % power.\n",
+                  markdown_table(["row", "against", "column", "metric", "reference", "value", "kept", "difference [95 % CI]", "p",
+                                  "significant", "detectable"],
+                                 [[r["row"], r["against"], r["column"], r["metric"], f"{r['reference']:.4f}", f"{r['value']:.4f}",
+                                   f"{r['value'] / r['reference']:.1%}" if r["reference"] else "-",
+                                   f"{r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]", f"{r['p_value']:.3f}",
+                                   "yes" if r["significant"] else "no", f"{r['mdd']:.4f}"] for r in result["paired"]],
+                                 [False] * 4 + [True] * 4 + [True, False, True]), ""]
     models = {**result.get("models", {}), **{f"{row} ({s})": f for row, d in result.get("fold_models", {}).items() for s, f in d.items()}}
     if models:
         lines += ["## Model folders\n"] + [f"- {row}: `{folder}`" for row, folder in models.items()] + [""]
@@ -363,7 +436,7 @@ def main(argv=None) -> dict:
                         help="a saved classifier folder (teacher, student or quantized) trained on the union, scored on every "
                              "column as row ROW (default: the folder's name); repeatable")
     parser.add_argument("--fold-model", action="append", default=[], metavar="[ROW:]SOURCE=FOLDER",
-                        help="the model trained on fold loso-SOURCE, scored on SOURCE's test part, in row ROW (default "
+                        help="the model trained on fold loso-SOURCE, scored on SOURCE's held-out set, in row ROW (default "
                              "'model'); repeatable, e.g. --fold-model student:esdaung=runs/s-esdaung/best")
     parser.add_argument("--out", default="runs/benchmark-multisource", help="output folder (default runs/benchmark-multisource)")
     parser.add_argument("--data-dir", help="folder that relative source paths resolve against")

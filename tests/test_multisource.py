@@ -167,6 +167,56 @@ def test_the_benchmark_command_writes_the_matrix_folds_and_a_model_row(tmp_path,
     assert result["split_sizes"]["train"]["src0"]["phishing"] <= 300
 
 
+def test_the_held_out_set_is_the_whole_source_less_the_folds_training_domains():
+    from kd.benchmark import held_out_set
+    from kd.data.multisource import SourceSet
+
+    def part(rows):
+        return SourceSet([u for u, _, _ in rows], [y for _, y, _ in rows], [s for _, _, s in rows])
+
+    whole = {
+        # a.com is shared with source "b" (trained on); c.org's subdomains are "a"'s alone
+        "train": part([("http://a.com/1", 0, "a"), ("http://x.c.org/", 1, "a"), ("http://www.a.com/", 0, "b"), ("http://d.net/", 1, "b")]),
+        "validation": part([("http://y.c.org/q", 1, "a"), ("http://e.io/", 0, "b")]),
+        "test": part([("http://t.org/", 0, "a"), ("http://u.org/", 1, "b")]),
+    }
+    capped = {"train": part([("http://x.c.org/", 1, "a"), ("http://www.a.com/", 0, "b"), ("http://d.net/", 1, "b")]),
+              "validation": whole["validation"]}
+    held = held_out_set(whole, capped, "a")
+    # a.com's URL goes (b trains on www.a.com); the c.org subdomains and the test URL stay
+    assert held.urls == ["http://x.c.org/", "http://y.c.org/q", "http://t.org/"] and set(held.sources) == {"a"}
+    # b's fold trains on a's capped parts only (c.org): a.com/1 was capped away, so www.a.com stays
+    assert held_out_set(whole, capped, "b").urls == ["http://www.a.com/", "http://d.net/", "http://e.io/", "http://u.org/"]
+
+
+def test_fold_rows_are_scored_on_held_out_sets_and_paired_with_the_first_fold_row(tmp_path, tiny_classifier_dir):
+    import json
+
+    from kd.benchmark import main
+
+    config = write_benchmark_config(tmp_path)
+    main([str(config), "--fold-model", f"teacher:src1={tiny_classifier_dir}", "--fold-model", f"student:src1={tiny_classifier_dir}",
+          "--model", f"teacher:{tiny_classifier_dir}", "--out", str(tmp_path / "out"), "--smoke"])
+    out = tmp_path / "out"
+    result = json.loads((out / "benchmark.json").read_text())
+    held = read_csv_rows(out / "folds" / "loso-src1" / "test-src1.csv")
+    test_part = read_csv_rows(out / "folds" / "union" / "test-src1.csv")
+    assert {r["url"] for r in test_part} < {r["url"] for r in held}  # the test part and more
+    from kd.data.urls import registrable_domain
+    trained = {registrable_domain(r["url"]) for r in read_csv_rows(out / "folds" / "loso-src1" / "train.csv")}
+    assert not trained & {registrable_domain(r["url"]) for r in held}
+    cell = result["rows"]["student (leave-one-source-out)"]["src1"]
+    assert cell["n_legitimate"] + cell["n_phishing"] == len(held)
+    assert result["rows"]["tfidf (leave-one-source-out)"]["src1"]["n_phishing"] == cell["n_phishing"]
+    # The same folder twice: a paired difference of exactly 0, not significant; one union row: nothing to pair
+    paired = result["paired"]
+    assert {(r["row"], r["against"], r["column"]) for r in paired} == {
+        ("student (leave-one-source-out)", "teacher (leave-one-source-out)", "src1")}
+    assert all(r["difference"] == 0 and not r["significant"] for r in paired) and {r["metric"] for r in paired} == {"roc_auc", "f1"}
+    report = (out / "benchmark.md").read_text()
+    assert "## Paired against the first row of its kind" in report and "| src1, held out |" in report
+
+
 def test_a_fold_config_loads_as_a_teacher_config(tmp_path):
     from kd.benchmark import BenchmarkConfig, run_benchmark
     from kd.data.splits import build_splits

@@ -68,20 +68,32 @@ def compare_groups(reference: list[Path], other: list[Path], *, n_boot: int = 10
         for s in (*scores_a, *scores_b):
             if s[name]["urls"] != first["urls"]:
                 raise ValueError(f"set {name!r} holds different URLs in the runs compared: they must share the split")
-        labels = first["labels"]
         clusters = cluster_index([registrable_domain(url) for url in first["urls"]])
         probs_a = np.stack([s[name]["probs"] for s in scores_a])
         probs_b = np.stack([s[name]["probs"] for s in scores_b])
-        verdicts_a = np.stack([p >= t for p, t in zip(probs_a, thresholds_a)]).astype(float)
-        verdicts_b = np.stack([p >= t for p, t in zip(probs_b, thresholds_b)]).astype(float)
-        for metric, fn, a, b in (("roc_auc", _roc_auc, probs_a, probs_b), ("f1", _f1_of_verdicts, verdicts_a, verdicts_b)):
-            test = paired_bootstrap(labels, a, b, clusters, fn, n_boot=n_boot, seed=seed)
-            rows.append({
-                "set": name, "metric": metric, "reference": float(np.mean([fn(labels, p) for p in a])),
-                "value": float(np.mean([fn(labels, p) for p in b])), "difference": test["difference"],
-                "low": test["low"], "high": test["high"], "p_value": test["p_value"],
-                "significant": bool(test["low"] > 0 or test["high"] < 0),
-                "mdd": minimal_detectable_difference(test["se"]), "n_urls": len(labels),
-                "n_domains": int(clusters.max()) + 1, "runs": len(reference),
-            })
+        for row in paired_metrics(first["labels"], clusters, probs_a, probs_b, thresholds_a, thresholds_b, n_boot=n_boot, seed=seed):
+            rows.append({"set": name, **row, "runs": len(reference)})
+    return rows
+
+
+def paired_metrics(labels, clusters, probs_a, probs_b, thresholds_a, thresholds_b, *, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """B against A on the same URLs, one row per metric (ROC-AUC, then F1 at each run's own
+    threshold): ``{metric, reference, value, difference, low, high, p_value, significant, mdd,
+    n_urls, n_domains}``. ``probs_a``, ``probs_b``: ``(S, N)`` (S seeded runs, run ``s`` paired)
+    or ``(N,)``; ``thresholds_*``: one per run; ``clusters``: ``(N,)`` domain index."""
+    labels = np.asarray(labels)
+    probs_a, probs_b = np.atleast_2d(probs_a), np.atleast_2d(probs_b)
+    verdicts_a = np.stack([p >= t for p, t in zip(probs_a, thresholds_a)]).astype(float)
+    verdicts_b = np.stack([p >= t for p, t in zip(probs_b, thresholds_b)]).astype(float)
+    rows = []
+    for metric, fn, a, b in (("roc_auc", _roc_auc, probs_a, probs_b), ("f1", _f1_of_verdicts, verdicts_a, verdicts_b)):
+        test = paired_bootstrap(labels, a, b, clusters, fn, n_boot=n_boot, seed=seed)
+        rows.append({
+            "metric": metric, "reference": float(np.mean([fn(labels, p) for p in a])),
+            "value": float(np.mean([fn(labels, p) for p in b])), "difference": test["difference"],
+            "low": test["low"], "high": test["high"], "p_value": test["p_value"],
+            "significant": bool(test["low"] > 0 or test["high"] < 0),
+            "mdd": minimal_detectable_difference(test["se"]), "n_urls": len(labels),
+            "n_domains": int(np.max(clusters)) + 1,
+        })
     return rows
