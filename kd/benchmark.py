@@ -51,6 +51,7 @@ from kd.data.multisource import SourceSet, cap_indices, read_multisource, split_
 from kd.data.splits import DataConfig, DataReport
 from kd.errors import UsageError, run_cli, usage_errors
 from kd.train.config import read_yaml
+from kd.train.outputs import check_apart
 from kd.eval.bootstrap import bootstrap_ci, cluster_index, minimal_detectable_difference
 from kd.eval.baseline import fit_tfidf
 from kd.eval.metrics import choose_threshold, tpr_at_fpr
@@ -470,6 +471,8 @@ def main(argv=None) -> dict:
         for folder in [*models.values(), *(f for d in fold_models.values() for f in d.values())]:
             if not folder.is_dir():
                 raise UsageError(f"model folder {folder}: no such folder")
+        check_apart(args.out, "--out", {**{f"--model {row}": f for row, f in models.items()}, "--data-dir": cfg.data_dir,
+                                        **{f"--fold-model {row}:{s}": f for row, d in fold_models.items() for s, f in d.items()}})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_benchmark(cfg, out, models, fold_models, folds_only=args.folds_only)

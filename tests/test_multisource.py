@@ -244,6 +244,16 @@ def test_a_bad_benchmark_config_is_one_line_and_status_2(tmp_path, capsys):
     assert "--fold-model takes [ROW:]SOURCE=FOLDER" in capsys.readouterr().err
 
 
+def test_an_output_folder_inside_a_model_folder_is_refused_before_anything_is_written(tmp_path, capsys, tiny_classifier_dir):
+    from kd.benchmark import main
+    from kd.errors import run_cli
+
+    before = sorted(p.name for p in tiny_classifier_dir.iterdir())
+    args = [str(write_benchmark_config(tmp_path)), "--fold-model", f"teacher:src1={tiny_classifier_dir}", "--smoke"]
+    assert run_cli(main, [*args, "--out", str(tiny_classifier_dir / "bench")], prog="python -m kd.benchmark") == 2
+    assert "--out" in capsys.readouterr().err and sorted(p.name for p in tiny_classifier_dir.iterdir()) == before
+
+
 def test_folds_only_writes_the_training_sets_and_scores_nothing(tmp_path):
     from kd.benchmark import main
 
