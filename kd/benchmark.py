@@ -342,6 +342,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def matrix_columns(rows: dict[str, dict]) -> list[str]:
+    """Every column some row scored, in the order first seen (a first row left out of one source
+    has one column only)."""
+    return list(dict.fromkeys(column for cells in rows.values() for column in cells))
+
+
 def _ci(cell: dict, key: str) -> str:
     m = cell[key]
     return f"{m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
@@ -349,7 +355,7 @@ def _ci(cell: dict, key: str) -> str:
 
 def markdown_report(result: dict) -> str:
     """The ROC-AUC matrix, then one table per metric family, the split sizes and the folds."""
-    rows, columns = result["rows"], list(next(iter(result["rows"].values())))
+    rows, columns = result["rows"], matrix_columns(result["rows"])
     lines = [f"# Multi-source benchmark\n\nCPU: {result['cpu']}; {result['seconds']} s.",
              "Each cell: value [95 % CI], resampling registrable domains "
              f"({result['config']['n_boot']} replicates). Columns are test parts of one split by registrable domain "
@@ -394,7 +400,7 @@ def heatmap_png(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    columns = list(next(iter(rows.values())))
+    columns = matrix_columns(rows)
     values = np.array([[cells[c]["roc_auc"]["value"] if c in cells else np.nan for c in columns] for cells in rows.values()])
     fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2, 0.9 * len(rows) + 1.5))
     image = ax.imshow(values, cmap="viridis", vmin=max(0.5, np.nanmin(values) - 0.02) if np.isfinite(values).any() else 0.5, vmax=1.0)
@@ -471,7 +477,7 @@ def main(argv=None) -> dict:
         for folder in [*models.values(), *(f for d in fold_models.values() for f in d.values())]:
             if not folder.is_dir():
                 raise UsageError(f"model folder {folder}: no such folder")
-        check_apart(args.out, "--out", {**{f"--model {row}": f for row, f in models.items()}, "--data-dir": cfg.data_dir,
+        check_apart(args.out, "--out", {**{f"--model {row}": f for row, f in models.items()},
                                         **{f"--fold-model {row}:{s}": f for row, d in fold_models.items() for s, f in d.items()}})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -215,6 +215,9 @@ def test_fold_rows_are_scored_on_held_out_sets_and_paired_with_the_first_fold_ro
     assert all(r["difference"] == 0 and not r["significant"] for r in paired) and {r["metric"] for r in paired} == {"roc_auc", "f1"}
     report = (out / "benchmark.md").read_text()
     assert "## Paired against the first row of its kind" in report and "| src1, held out |" in report
+    main([str(config), "--fold-model", f"teacher:src1={tiny_classifier_dir}", "--out", str(tmp_path / "loso"), "--smoke"])
+    # a first row with one column still gives the matrix every column
+    assert "| trained / scored | src1 | src0 | src2 | pooled | temporal |" in (tmp_path / "loso" / "benchmark.md").read_text()
 
 
 def test_a_fold_config_loads_as_a_teacher_config(tmp_path):
