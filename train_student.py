@@ -119,7 +119,7 @@ def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -
     write_json(out_dir / "results.json", results)
     log(f"student vs teacher: {c['student_parameters'] / 1e6:.2f}M vs {c['teacher_parameters'] / 1e6:.2f}M parameters, "
         f"{c['student_size_mb']:.1f} vs {c['teacher_size_mb']:.1f} MB on disk ({c['percent_smaller']:.1f} % smaller), "
-        f"test F1 {c['student_test_f1']:.4f} vs {c['teacher_test_f1']:.4f} ({c['f1_retained_percent']:.1f} % kept)")
+        f"{c['test_set']} F1 {c['student_test_f1']:.4f} vs {c['teacher_test_f1']:.4f} ({c['f1_retained_percent']:.1f} % kept)")
     return results
 
 

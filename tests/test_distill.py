@@ -111,6 +111,18 @@ def test_student_recipe_with_pruned_vocabulary(tiny_teacher_run, objective):
     assert (root / name / "splits.csv").read_text() == teacher_split  # the teacher's split, exactly
 
 
+def test_the_teacher_comparison_uses_a_named_test_set_when_the_split_has_no_test_part(tiny_teacher_run, tmp_path):
+    import shutil
+
+    from kd.train.student import compare_with_teacher
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher_run / "teacher" / "best", teacher)
+    (teacher / "metrics.json").write_text(json.dumps({"sets": {"validation": {"f1": 0.9}, "esdaung": {"f1": 0.8}}}))
+    comparison = compare_with_teacher(teacher, teacher, {"sets": {"validation": {"f1": 0.95}, "esdaung": {"f1": 0.6}}})
+    assert comparison["test_set"] == "esdaung" and comparison["f1_retained_percent"] == pytest.approx(75.0)
+
+
 def test_ablation_shards_then_tabulates_without_rerunning_finished_cells(tiny_teacher_run, monkeypatch):
     from kd import ablation
 

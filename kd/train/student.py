@@ -130,10 +130,14 @@ def transfer_examples(cfg: StudentRunConfig, splits: DataSplits, log) -> Example
 
 def compare_with_teacher(student_dir: Path, teacher_dir: Path, results: dict) -> dict:
     """Parameters, size on disk and test F1 of student vs teacher (the teacher's
-    own metrics.json, computed on the same split)."""
+    own metrics.json, computed on the same split). The test set compared is ``test``, else the
+    first other set both scored (a ``kd.benchmark`` fold has a named held-out set instead)."""
     teacher_metrics = json.loads((teacher_dir / "metrics.json").read_text()) if (teacher_dir / "metrics.json").is_file() else {}
-    teacher_f1 = teacher_metrics.get("sets", {}).get("test", {}).get("f1", float("nan"))
-    student_f1 = results["sets"].get("test", {}).get("f1", float("nan"))
+    teacher_sets = teacher_metrics.get("sets", {})
+    shared = [name for name in results["sets"] if name != "validation" and name in teacher_sets]
+    test_set = "test" if "test" in shared else (shared[0] if shared else "test")
+    teacher_f1 = teacher_sets.get(test_set, {}).get("f1", float("nan"))
+    student_f1 = results["sets"].get(test_set, {}).get("f1", float("nan"))
     s_bytes, t_bytes = size_on_disk_bytes(student_dir, weights_only=True), size_on_disk_bytes(teacher_dir, weights_only=True)
     return {
         "student_parameters": saved_parameter_count(student_dir),
@@ -141,6 +145,7 @@ def compare_with_teacher(student_dir: Path, teacher_dir: Path, results: dict) ->
         "student_size_mb": s_bytes / 1e6,
         "teacher_size_mb": t_bytes / 1e6,
         "percent_smaller": 100 * (1 - s_bytes / t_bytes),
+        "test_set": test_set,
         "student_test_f1": student_f1,
         "teacher_test_f1": teacher_f1,
         "f1_retained_percent": 100 * student_f1 / teacher_f1,
