@@ -25,9 +25,10 @@ it whose registrable domain the fold never trained on, about five times its
 test part. Each cell reports ROC-AUC,
 F1, TPR and FPR at the threshold, TPR at 1 % FPR, each with its 95 % cluster-bootstrap
 CI (:mod:`kd.eval.bootstrap`, domains resampled), and the minimal detectable
-ROC-AUC difference. Each model row is also compared, paired on the same URLs,
-with the first row of its kind (a student with its teacher): difference, CI,
-p-value, and the share of the reference's value it keeps.
+ROC-AUC difference. Each model row, and the TF-IDF row of its kind, is also
+compared, paired on the same URLs, with the first row of its kind (a student
+and the baseline with the teacher): difference, CI, p-value, and the share of
+the reference's value it keeps.
 Writes OUT/benchmark.{md,json,png} and, under
 OUT/folds/, the data of each training set (union and one per left-out
 source) as CSV files with a teacher config to train on them::
@@ -293,8 +294,9 @@ def run_benchmark(cfg: BenchmarkConfig, out: Path, models: dict[str, Path] | Non
         keep = lambda p: p.where(lambda i: p.sources[i] != source)  # noqa: E731
         probs, threshold = _tfidf_scores(cfg, keep(parts["train"]), keep(parts["validation"]), {source: held_out[source]})
         score(f"tfidf ({LOSO})", source, held_out[source], probs[source], threshold)
-    paired = paired_rows(scored, [([f"{row} (union)" for row in models or {}], columns),
-                                  ([f"{row} ({LOSO})" for row in fold_models or {}], held_out)], cfg.n_boot, cfg.seed)
+    fold_rows = [f"{row} ({LOSO})" for row in fold_models or {}]
+    paired = paired_rows(scored, [([f"{row} (union)" for row in models or {}] + ["tfidf (union)"] * bool(models), columns),
+                                  (fold_rows + [f"tfidf ({LOSO})"] * bool(fold_rows), held_out)], cfg.n_boot, cfg.seed)
     return {
         "config": cfg.__dict__, "models": {row: str(f) for row, f in (models or {}).items()},
         "fold_models": {row: {s: str(f) for s, f in folders.items()} for row, folders in (fold_models or {}).items()}, "rows": rows,
@@ -308,7 +310,8 @@ def paired_rows(scored: dict[str, dict], kinds: list[tuple[list[str], dict[str, 
     scored: :func:`kd.eval.compare.paired_metrics` rows (ROC-AUC, F1 at each model's own
     threshold) with ``row``, ``against`` and ``column`` added. ``kinds``: ``(rows, sets)`` pairs,
     here the ``--model`` rows on the test columns and the ``--fold-model`` rows on the held-out
-    sets, so a student is compared with the teacher listed before it."""
+    sets, each kind followed by its TF-IDF row, so a student and the baseline are compared with
+    the teacher listed first."""
     from kd.eval.compare import paired_metrics
 
     out = []

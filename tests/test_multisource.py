@@ -208,11 +208,18 @@ def test_fold_rows_are_scored_on_held_out_sets_and_paired_with_the_first_fold_ro
     cell = result["rows"]["student (leave-one-source-out)"]["src1"]
     assert cell["n_legitimate"] + cell["n_phishing"] == len(held)
     assert result["rows"]["tfidf (leave-one-source-out)"]["src1"]["n_phishing"] == cell["n_phishing"]
-    # The same folder twice: a paired difference of exactly 0, not significant; one union row: nothing to pair
+    # The same folder twice: a paired difference of exactly 0, not significant; each kind's TF-IDF row
+    # against its first row on the same URLs
     paired = result["paired"]
     assert {(r["row"], r["against"], r["column"]) for r in paired} == {
-        ("student (leave-one-source-out)", "teacher (leave-one-source-out)", "src1")}
-    assert all(r["difference"] == 0 and not r["significant"] for r in paired) and {r["metric"] for r in paired} == {"roc_auc", "f1"}
+        ("student (leave-one-source-out)", "teacher (leave-one-source-out)", "src1"),
+        ("tfidf (leave-one-source-out)", "teacher (leave-one-source-out)", "src1"),
+        *{("tfidf (union)", "teacher (union)", c) for c in ("src0", "src1", "src2", "pooled", "temporal")}}
+    same = [r for r in paired if r["row"].startswith("student")]
+    assert all(r["difference"] == 0 and not r["significant"] for r in same) and {r["metric"] for r in same} == {"roc_auc", "f1"}
+    baseline = next(r for r in paired if r["row"] == "tfidf (leave-one-source-out)" and r["metric"] == "roc_auc")
+    held_cell = result["rows"]["tfidf (leave-one-source-out)"]["src1"]["roc_auc"]["value"]
+    assert baseline["value"] == pytest.approx(held_cell) and baseline["n_urls"] == len(held)
     report = (out / "benchmark.md").read_text()
     assert "## Paired against the first row of its kind" in report and "| src1, held out |" in report
     main([str(config), "--fold-model", f"teacher:src1={tiny_classifier_dir}", "--out", str(tmp_path / "loso"), "--smoke"])
