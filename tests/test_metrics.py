@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from kd.eval.metrics import binary_metrics, choose_threshold, expected_calibration_error, tpr_at_fpr
+from kd.eval.metrics import (
+    binary_metrics,
+    choose_threshold,
+    expected_calibration_error,
+    false_positive_rate,
+    threshold_at_fpr,
+    tpr_at_fpr,
+)
 
 
 def test_binary_metrics_on_a_hand_computed_case():
@@ -37,6 +44,21 @@ def test_threshold_maximises_f1_on_the_given_set():
     t = choose_threshold(labels, probs)
     assert 0.6 < t <= 0.65
     assert binary_metrics(labels, probs, t)["f1"] == 1.0
+
+
+def test_threshold_at_fpr_flags_that_fraction_of_the_legitimate_urls():
+    labels = np.array([1, 0, 0, 1, 0, 0, 0])
+    probs = np.array([0.95, 0.4, 0.1, 0.35, 0.9, 0.2, 0.3])  # legitimate, high to low: 0.9, 0.4, 0.3, 0.2, 0.1
+    assert threshold_at_fpr(labels, probs, 0.4) == 0.4  # k = 2: 0.9 and 0.4 flagged
+    assert false_positive_rate(binary_metrics(labels, probs, 0.4)["confusion_matrix"]) == pytest.approx(0.4)
+    assert threshold_at_fpr(labels, probs, 0.5) == 0.3  # k = 2.5, rounded up to 3
+    none = threshold_at_fpr(labels, probs, 0.0)
+    assert 0.9 < none < 0.95 and binary_metrics(labels, probs, none)["confusion_matrix"][0] == [5, 0]
+    assert threshold_at_fpr(labels, probs, 1.0) == 0.1
+    with pytest.raises(ValueError, match="no legitimate URL"):
+        threshold_at_fpr(np.ones(3), np.full(3, 0.5), 0.1)
+    with pytest.raises(ValueError, match=r"lies in \[0, 1\]"):
+        threshold_at_fpr(labels, probs, 1.5)
 
 
 def test_single_class_sets_give_nan_auc():

@@ -105,7 +105,37 @@ def test_test_set_names_the_set_the_report_columns_give(tiny_teacher_run, studen
                             "--sets", "validation", "cross", "--test-set", "cross"])
     for row in report["rows"]:
         assert row["test_set"] == "cross" and row["f1"] == row["sets"]["cross"]["f1"] and "test" not in row["sets"]
-    assert "(cross set, threshold from validation)" in (tiny_teacher_run / "q-cross" / "report.md").read_text()
+    assert "(cross set, threshold from validation: max F1)" in (tiny_teacher_run / "q-cross" / "report.md").read_text()
+
+
+def test_source_fpr_thresholds_keep_each_sources_validation_false_alarm_rate(tiny_teacher_run, student_dir):
+    import quantize
+    from kd.eval.variants import source_validation_fpr
+
+    teacher = tiny_teacher_run / "teacher" / "best"
+    report = quantize.main(["--student", str(student_dir), "--teacher", str(teacher), "--precisions", "nf4",
+                            "--threshold", "source-fpr", "--out", str(tiny_teacher_run / "q-fpr"),
+                            "--latency-repeats", "2", "--throughput-urls", "16"])
+    assert [(r["role"], r["precision"]) for r in report["rows"]][-1] == ("student", "nf4")
+    for row in report["rows"]:
+        source = teacher if row["role"] == "teacher" else student_dir
+        assert row["validation_fpr"] == pytest.approx(source_validation_fpr(source))
+        assert row["threshold_rule"].startswith("validation FPR")
+        saved = json.loads((Path(row["folder"]) / "metrics.json").read_text())
+        assert saved["threshold"] == row["threshold"] and saved["threshold_rule"] == row["threshold_rule"]
+    assert "threshold from validation: its source's false-positive rate" in (tiny_teacher_run / "q-fpr" / "report.md").read_text()
+
+
+def test_source_fpr_needs_the_sources_validation_scores(tiny_teacher_run, tmp_path):
+    import shutil
+
+    import quantize
+    from kd.errors import UsageError
+
+    bare = shutil.copytree(tiny_teacher_run / "teacher" / "best", tmp_path / "bare")
+    (bare / "metrics.json").unlink()
+    with pytest.raises(UsageError, match="no validation scores in metrics.json"):
+        quantize.main(["--student", str(bare), "--precisions", "nf4", "--threshold", "source-fpr", "--out", str(tmp_path / "q")])
 
 
 def test_unknown_set_is_a_clear_error(tiny_teacher_run, student_dir):

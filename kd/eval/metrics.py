@@ -1,7 +1,8 @@
 """Binary classification metrics for phishing detection (label 1 = phishing).
 
-The decision threshold is always chosen on the validation split
-(:func:`choose_threshold`) and then applied unchanged to every test set.
+The decision threshold is always chosen on the validation split (by default
+:func:`choose_threshold`, max F1; a quantized copy may instead keep its source's
+false-alarm rate, :func:`threshold_at_fpr`) and then applied unchanged to every test set.
 """
 from __future__ import annotations
 
@@ -55,6 +56,29 @@ def choose_threshold(labels, probs, metric: str = "f1") -> float:
     best = scores.max()
     near = candidates[np.isclose(scores, best)]
     return float(near[np.argmin(np.abs(near - 0.5))])
+
+
+def threshold_at_fpr(labels, probs, fpr: float) -> float:
+    """The threshold that flags the fraction ``fpr`` of the legitimate URLs (label 0)
+    of the given (validation) set: with their scores sorted high to low,
+    s_1 >= s_2 >= ..., and k = fpr * n_legitimate rounded to the nearest integer (halves up), it is s_k, so that
+    ``p >= threshold`` flags k of them (more only where scores tie); with k = 0
+    it lies just above s_1 and flags none. It holds an operating point, a
+    false-alarm rate, where :func:`choose_threshold` re-optimises F1."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    if not 0 <= fpr <= 1:
+        raise ValueError(f"a false-positive rate lies in [0, 1], not {fpr}")
+    legitimate = np.sort(probs[labels == 0])[::-1]
+    if legitimate.size == 0:
+        raise ValueError("the set has no legitimate URL to set a false-positive rate on")
+    k = int(np.floor(fpr * legitimate.size + 0.5))  # nearest, halves up
+    return float(np.nextafter(legitimate[0], np.inf)) if k == 0 else float(legitimate[k - 1])
+
+
+def false_positive_rate(confusion_matrix) -> float:
+    """FP / (FP + TN) of a confusion matrix ``[[tn, fp], [fn, tp]]`` (:func:`binary_metrics`)."""
+    (tn, fp), _ = confusion_matrix
+    return fp / (fp + tn) if fp + tn else float("nan")
 
 
 def binary_metrics(labels, probs, threshold: float = 0.5) -> dict:

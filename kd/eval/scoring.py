@@ -14,7 +14,7 @@ import torch
 
 from kd.data.batching import TokenizedSet
 from kd.eval.inference import phishing_column, predict_tokenized, probabilities
-from kd.eval.metrics import binary_metrics, choose_threshold, save_roc_png
+from kd.eval.metrics import binary_metrics, choose_threshold, save_roc_png, threshold_at_fpr
 
 AUTOCAST_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """Scoring precisions that run the forward under autocast; every other one
@@ -67,14 +67,18 @@ def make_validator(data: TokenizedSet, batch_size: int, amp_dtype):
 
 
 def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int, scoring_precision: str,
-                     out_dir: Path) -> dict:
-    """Choose the threshold on validation (max F1), apply it to every other set.
+                     out_dir: Path, *, validation_fpr: float | None = None) -> dict:
+    """Choose the threshold on validation, apply it to every other set.
 
-    Every set is scored in ``scoring_precision`` (``fp32``, ``bf16`` or ``fp16``
-    autocast; a quantized precision runs as loaded), and the result records it
-    beside the threshold: the threshold only holds for probabilities computed
-    that way, so ``kd.predict``, ``kd.evaluate`` and ``quantize.py`` read both.
-    Returns ``{"threshold": t, "scoring_precision": p, "sets": {name: metrics}}``
+    The threshold maximises F1 on validation; with ``validation_fpr``, it is
+    instead the one that flags that fraction of the validation legitimate URLs
+    (:func:`threshold_at_fpr`: a quantized copy keeps its source's false-alarm
+    rate, ``quantize.py --threshold source-fpr``). Every set is scored in
+    ``scoring_precision`` (``fp32``, ``bf16`` or ``fp16`` autocast; a quantized
+    precision runs as loaded), and the result records it beside the threshold:
+    the threshold only holds for probabilities computed that way, so
+    ``kd.predict``, ``kd.evaluate`` and ``quantize.py`` read both. Returns
+    ``{"threshold": t, "threshold_rule": r, "scoring_precision": p, "sets": {name: metrics}}``
     and writes a ROC PNG and every scored URL's probability to
     ``OUT/scores.csv.gz`` (:func:`write_scores`), which paired comparisons of
     runs (``kd.ablation``) read.
@@ -86,11 +90,15 @@ def final_evaluation(model, tokenized: dict[str, TokenizedSet], batch_size: int,
         for name, data in tokenized.items()
         if name != "train"
     }
-    threshold = choose_threshold(tokenized["validation"].labels, probs["validation"])
+    validation = tokenized["validation"].labels, probs["validation"]
+    if validation_fpr is None:
+        threshold, rule = choose_threshold(*validation), "max validation F1"
+    else:
+        threshold, rule = threshold_at_fpr(*validation, validation_fpr), f"validation FPR {validation_fpr:.6g}"
     results = {name: binary_metrics(tokenized[name].labels, p, threshold) for name, p in probs.items()}
     save_roc_png({name: (tokenized[name].labels, p) for name, p in probs.items()}, out_dir / "roc.png")
     write_scores({name: (tokenized[name], p) for name, p in probs.items()}, out_dir / SCORES_FILE)
-    return {"threshold": threshold, "scoring_precision": scoring_precision, "sets": results}
+    return {"threshold": threshold, "threshold_rule": rule, "scoring_precision": scoring_precision, "sets": results}
 
 
 SCORES_FILE = "scores.csv.gz"

@@ -12,9 +12,11 @@ from pathlib import Path
 import torch
 
 from kd.data.batching import tokenize
+from kd.errors import UsageError
 from kd.eval.inference import scoring_model
 from kd.eval.model_card import describe_folder
 from kd.eval.measure import measure_latency, measure_throughput, memory_footprint_bytes, parameter_count, size_on_disk_bytes
+from kd.eval.metrics import false_positive_rate
 from kd.eval.report import markdown_table, write_json
 from kd.eval.scoring import final_evaluation, saved_scoring
 from models.quantized import QUANTIZED_PRECISIONS, load_classifier, save_quantized
@@ -68,8 +70,11 @@ def variant_scoring_precision(source: Path, precision: str) -> str:
 
 
 def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[str], device: torch.device, *,
-                  max_length: int, batch_size: int, latency_repeats: int, throughput_urls: int, test_set: str = "test") -> dict:
+                  max_length: int, batch_size: int, latency_repeats: int, throughput_urls: int, test_set: str = "test",
+                  validation_fpr: float | None = None) -> dict:
     """Reload a saved variant and measure it: memory, accuracy, latency, throughput.
+    Its threshold maximises validation F1, or with ``validation_fpr`` flags that
+    fraction of the validation legitimate URLs (:func:`source_validation_fpr`).
     Its threshold, scoring precision and metrics go to ``folder/metrics.json``
     (read by kd.predict and kd.evaluate), ``config.json`` and the model card, its ROC curves to ``folder/roc.png``. It is
     scored as kd.predict scores it (``kd.eval.inference.scoring_model``); its size
@@ -84,7 +89,7 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
     scorer = model if onnx else scoring_model(model)
     examples = splits.all_sets()
     tokenized = {name: tokenize(examples[name], tokenizer, max_length) for name in set_names}
-    evaluation = final_evaluation(scorer, tokenized, batch_size, scoring_precision, folder)
+    evaluation = final_evaluation(scorer, tokenized, batch_size, scoring_precision, folder, validation_fpr=validation_fpr)
     write_json(folder / "metrics.json", evaluation)
     describe_folder(folder)
     threshold, sets = evaluation["threshold"], evaluation["sets"]
@@ -99,6 +104,8 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
         "parameters": parameters,
         "memory_bytes": memory,
         "threshold": threshold,
+        "threshold_rule": evaluation["threshold_rule"],
+        "validation_fpr": false_positive_rate(sets["validation"]["confusion_matrix"]),
         "scoring_precision": scoring_precision,
         "test_set": test_set,
         **{m: sets[test_set][m] for m in REPORT_METRICS},
@@ -111,6 +118,19 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
     del model
     gc.collect()
     return row
+
+
+def source_validation_fpr(source: Path) -> float:
+    """The false-positive rate the source model showed on its validation split at
+    its deployed threshold (``metrics.json``, written by training or ``kd.evaluate``):
+    the operating point ``quantize.py --threshold source-fpr`` keeps for its
+    quantized copies. A source scored without one is a usage error."""
+    metrics = Path(source) / "metrics.json"
+    validation = json.loads(metrics.read_text()).get("sets", {}).get("validation") if metrics.is_file() else None
+    if not validation or "confusion_matrix" not in validation:
+        raise UsageError(f"{source} has no validation scores in metrics.json to take a false-positive rate from; "
+                         "score it with python -m kd.evaluate, or use --threshold f1")
+    return false_positive_rate(validation["confusion_matrix"])
 
 
 def add_relative_sizes(rows: list[dict]) -> None:
@@ -135,16 +155,18 @@ def cross_set_names(rows: list[dict]) -> list[str]:
 
 
 def report_table(rows: list[dict]) -> str:
-    """The Markdown table of report.md: one row per variant; the test split's
-    metrics, then F1 and ROC-AUC on each cross-data-set set, then speed, size
+    """The Markdown table of report.md: one row per variant; its threshold and the
+    false-positive rate that gives on validation, the test split's metrics, then F1 and ROC-AUC on each cross-data-set set, then speed, size
     and the source's training time."""
     extra = cross_set_names(rows)
-    columns = ("model", "precision", "params (M)", "disk (MB)", "memory (MB)", "accuracy", "F1", "ROC-AUC", "TPR@1%FPR",
+    columns = ("model", "precision", "params (M)", "disk (MB)", "memory (MB)", "threshold", "validation FPR", "accuracy",
+               "F1", "ROC-AUC", "TPR@1%FPR",
                *[f"{name} {metric}" for name in extra for metric in ("F1", "ROC-AUC")],
                "latency b1 (ms)", "throughput b256 (URL/s)", "% smaller (memory)", "% smaller (disk)", "training (min)")
     return markdown_table(columns, [
         [r["role"], r["precision"], f"{r['parameters'] / 1e6:.2f}", f"{r['disk_bytes'] / 1e6:.1f}",
-         f"{r['memory_bytes'] / 1e6:.1f}", f"{r['accuracy']:.4f}", f"{r['f1']:.4f}", f"{r['roc_auc']:.4f}",
+         f"{r['memory_bytes'] / 1e6:.1f}", f"{r['threshold']:.4f}",
+         "-" if r.get("validation_fpr") is None else f"{r['validation_fpr']:.4f}",  # reports written before it f"{r['accuracy']:.4f}", f"{r['f1']:.4f}", f"{r['roc_auc']:.4f}",
          f"{r['tpr_at_1pct_fpr']:.4f}",
          *[f"{r['sets'][name][metric]:.4f}" for name in extra for metric in ("f1", "roc_auc")],
          f"{r['latency_ms_batch1']:.2f}", f"{r['throughput_urls_per_s_batch256']:.0f}",
