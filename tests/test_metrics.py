@@ -64,3 +64,11 @@ def test_threshold_at_fpr_flags_that_fraction_of_the_legitimate_urls():
 def test_single_class_sets_give_nan_auc():
     m = binary_metrics(np.ones(5, dtype=int), np.full(5, 0.9))
     assert np.isnan(m["roc_auc"]) and m["recall"] == 1.0
+
+
+def test_a_table_row_with_a_missing_cell_is_an_error_not_a_shifted_row():
+    from kd.eval.report import markdown_table
+
+    assert markdown_table(["a", "b"], [["1", "2"]]).splitlines()[-1] == "| 1 | 2 |"
+    with pytest.raises(ValueError, match="1 cells for 2 columns"):
+        markdown_table(["a", "b"], [["1"]])

@@ -54,6 +54,7 @@ def test_report_has_every_variant_and_every_column(report, tiny_teacher_run):
 def test_report_has_cross_data_set_and_training_time_columns(report, tiny_teacher_run):
     header, _, *lines = (tiny_teacher_run / "quantized" / "report.md").read_text().splitlines()[2:]
     assert "| cross F1 | cross ROC-AUC |" in header and header.endswith("| training (min) |")
+    assert {line.count("|") for line in lines} == {header.count("|")}  # every row has every column
     teacher_minutes = json.loads((tiny_teacher_run / "teacher" / "best" / "metrics.json").read_text())["train_seconds"] / 60
     rows = {(r["role"], r["precision"]): r for r in report["rows"]}
     assert rows["teacher", "bf16"]["training_minutes"] == pytest.approx(teacher_minutes)  # the source's, per variant

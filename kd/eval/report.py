@@ -28,10 +28,14 @@ def format_table(results: dict, title: str = "") -> str:
 
 
 def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool] | None = None) -> str:
-    """A Markdown table of already formatted cells; ``right[i]`` right-aligns column i."""
+    """A Markdown table of already formatted cells; ``right[i]`` right-aligns column i.
+    A row with more or fewer cells than ``columns`` is a ``ValueError``: it would shift its values under the wrong headers."""
     right = right or [False] * len(columns)
     lines = ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if r else "---|" for r in right)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    for row in rows:
+        if len(row) != len(columns):
+            raise ValueError(f"a table row has {len(row)} cells for {len(columns)} columns: {list(row)}")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

@@ -166,7 +166,8 @@ def report_table(rows: list[dict]) -> str:
     return markdown_table(columns, [
         [r["role"], r["precision"], f"{r['parameters'] / 1e6:.2f}", f"{r['disk_bytes'] / 1e6:.1f}",
          f"{r['memory_bytes'] / 1e6:.1f}", f"{r['threshold']:.4f}",
-         "-" if r.get("validation_fpr") is None else f"{r['validation_fpr']:.4f}",  # reports written before it f"{r['accuracy']:.4f}", f"{r['f1']:.4f}", f"{r['roc_auc']:.4f}",
+         "-" if r.get("validation_fpr") is None else f"{r['validation_fpr']:.4f}",  # reports written before it
+         f"{r['accuracy']:.4f}", f"{r['f1']:.4f}", f"{r['roc_auc']:.4f}",
          f"{r['tpr_at_1pct_fpr']:.4f}",
          *[f"{r['sets'][name][metric]:.4f}" for name in extra for metric in ("f1", "roc_auc")],
          f"{r['latency_ms_batch1']:.2f}", f"{r['throughput_urls_per_s_batch256']:.0f}",
