@@ -49,16 +49,26 @@ def test_threshold_maximises_f1_on_the_given_set():
 def test_threshold_at_fpr_flags_that_fraction_of_the_legitimate_urls():
     labels = np.array([1, 0, 0, 1, 0, 0, 0])
     probs = np.array([0.95, 0.4, 0.1, 0.35, 0.9, 0.2, 0.3])  # legitimate, high to low: 0.9, 0.4, 0.3, 0.2, 0.1
-    assert threshold_at_fpr(labels, probs, 0.4) == 0.4  # k = 2: 0.9 and 0.4 flagged
-    assert false_positive_rate(binary_metrics(labels, probs, 0.4)["confusion_matrix"]) == pytest.approx(0.4)
+    assert threshold_at_fpr(labels, probs, 0.4) == 0.35  # k = 2: 0.9 and 0.4 flagged, and the phishing 0.35 above 0.3
+    assert false_positive_rate(binary_metrics(labels, probs, 0.35)["confusion_matrix"]) == pytest.approx(0.4)
     assert threshold_at_fpr(labels, probs, 0.5) == 0.3  # k = 2.5, rounded up to 3
-    none = threshold_at_fpr(labels, probs, 0.0)
-    assert 0.9 < none < 0.95 and binary_metrics(labels, probs, none)["confusion_matrix"][0] == [5, 0]
+    assert threshold_at_fpr(labels, probs, 0.0) == 0.95  # no legitimate URL flagged
     assert threshold_at_fpr(labels, probs, 1.0) == 0.1
+    just_above = threshold_at_fpr(np.array([0, 1]), np.array([0.9, 0.2]), 0.0)
+    assert 0.9 < just_above < 0.9 + 1e-12
     with pytest.raises(ValueError, match="no legitimate URL"):
         threshold_at_fpr(np.ones(3), np.full(3, 0.5), 0.1)
     with pytest.raises(ValueError, match=r"lies in \[0, 1\]"):
         threshold_at_fpr(labels, probs, 1.5)
+
+
+def test_the_max_f1_threshold_is_given_back_at_its_own_false_positive_rate():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 500)
+    probs = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+    best = choose_threshold(labels, probs)
+    fpr = false_positive_rate(binary_metrics(labels, probs, best)["confusion_matrix"])
+    assert threshold_at_fpr(labels, probs, fpr) == best
 
 
 def test_single_class_sets_give_nan_auc():

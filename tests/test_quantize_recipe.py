@@ -124,6 +124,8 @@ def test_source_fpr_thresholds_keep_each_sources_validation_false_alarm_rate(tin
         assert row["threshold_rule"].startswith("validation FPR")
         saved = json.loads((Path(row["folder"]) / "metrics.json").read_text())
         assert saved["threshold"] == row["threshold"] and saved["threshold_rule"] == row["threshold_rule"]
+    fp32 = next(r for r in report["rows"] if (r["role"], r["precision"]) == ("student", "fp32"))
+    assert fp32["threshold"] == pytest.approx(json.loads((student_dir / "metrics.json").read_text())["threshold"])
     assert "threshold from validation: its source's false-positive rate" in (tiny_teacher_run / "q-fpr" / "report.md").read_text()
 
 

@@ -59,11 +59,14 @@ def choose_threshold(labels, probs, metric: str = "f1") -> float:
 
 
 def threshold_at_fpr(labels, probs, fpr: float) -> float:
-    """The threshold that flags the fraction ``fpr`` of the legitimate URLs (label 0)
-    of the given (validation) set: with their scores sorted high to low,
-    s_1 >= s_2 >= ..., and k = fpr * n_legitimate rounded to the nearest integer (halves up), it is s_k, so that
-    ``p >= threshold`` flags k of them (more only where scores tie); with k = 0
-    it lies just above s_1 and flags none. It holds an operating point, a
+    """The lowest threshold at which ``p >= threshold`` flags the fraction ``fpr``
+    of the legitimate URLs (label 0) of the given (validation) set. With their
+    scores sorted high to low, s_1 >= s_2 >= ..., and k = fpr * n_legitimate
+    rounded to the nearest integer (halves up), it is the lowest score of the
+    set above s_{k+1}: k legitimate URLs flagged (more only where scores tie)
+    and every phishing URL above s_{k+1}. A model's max-F1 threshold is this
+    threshold at its own false-positive rate, so a copy scored the same way
+    gets its source's threshold back. It holds an operating point, a
     false-alarm rate, where :func:`choose_threshold` re-optimises F1."""
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     if not 0 <= fpr <= 1:
@@ -72,7 +75,10 @@ def threshold_at_fpr(labels, probs, fpr: float) -> float:
     if legitimate.size == 0:
         raise ValueError("the set has no legitimate URL to set a false-positive rate on")
     k = int(np.floor(fpr * legitimate.size + 0.5))  # nearest, halves up
-    return float(np.nextafter(legitimate[0], np.inf)) if k == 0 else float(legitimate[k - 1])
+    if k == legitimate.size:
+        return float(probs.min())
+    above = probs[probs > legitimate[k]]
+    return float(above.min()) if above.size else float(np.nextafter(legitimate[k], np.inf))
 
 
 def false_positive_rate(confusion_matrix) -> float:
