@@ -59,12 +59,12 @@ from kd.eval.variants import (
     save_scatter,
     save_variant,
     score_variant,
-    source_validation_fpr,
     training_minutes,
     variant_scoring_precision,
 )
 from kd.evaluate import add_data_arguments, data_config_for
 from kd.eval.report import write_json
+from kd.eval.scoring import saved_validation_fpr
 from kd.train.outputs import check_apart, publish_folder
 from kd.train.runinfo import device_description, library_versions
 from models.quantized import QUANTIZED_PRECISIONS
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
 
     variants = [("teacher", Path(args.teacher), p) for p in TEACHER_PRECISIONS] if args.teacher else []
     variants += [("student", student, p) for p in (*STUDENT_BASE_PRECISIONS, *precisions)]
-    target_fpr = {source: source_validation_fpr(source) for _, source, _ in variants} if args.threshold == "source-fpr" else {}
+    target_fpr = {source: saved_validation_fpr(source, '--threshold source-fpr') for _, source, _ in variants} if args.threshold == "source-fpr" else {}
     out = Path(args.out)
     rows = []
     for role, source, precision in variants:

@@ -44,7 +44,7 @@ from kd.data.prompts import tokenize_prompts
 from kd.data.splits import Examples, build_splits
 from kd.errors import run_cli, usage_errors
 from kd.eval.measure import parameter_count
-from kd.eval.scoring import make_validator
+from kd.eval.scoring import make_validator, saved_validation_fpr
 from kd.eval.report import write_json
 from kd.train.distributed import DistInfo, barrier, close_distributed, default_device
 from kd.train.generative import (
@@ -84,6 +84,9 @@ def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -
 
     teacher = load_frozen_classifier(cfg.teacher, device)
     teacher_tokenizer = load_tokenizer(cfg.teacher)
+    # Read before training, so a teacher without validation scores fails in seconds.
+    teacher_fpr = (saved_validation_fpr(cfg.teacher, "distill.threshold=teacher-fpr")
+                   if cfg.distill.threshold == "teacher-fpr" else None)
     splits = build_splits(cfg.data)
     transfer = transfer_examples(cfg, splits, log)
     log(splits.report.summary())
@@ -114,7 +117,8 @@ def distill_encoder(cfg: StudentRunConfig, resume: bool = False, on_step=None) -
     if not dist_info.is_main:
         return {}
 
-    results = finish_run(out_dir, model, tokenized, cfg, amp, started, log, throughput=trained.throughput)
+    results = finish_run(out_dir, model, tokenized, cfg, amp, started, log, throughput=trained.throughput,
+                         validation_fpr=teacher_fpr)
     results["comparison"] = c = compare_with_teacher(out_dir / "best", Path(cfg.teacher), results)
     write_json(out_dir / "results.json", results)
     log(f"student vs teacher: {c['student_parameters'] / 1e6:.2f}M vs {c['teacher_parameters'] / 1e6:.2f}M parameters, "

@@ -111,6 +111,40 @@ def test_student_recipe_with_pruned_vocabulary(tiny_teacher_run, objective):
     assert (root / name / "splits.csv").read_text() == teacher_split  # the teacher's split, exactly
 
 
+def test_a_teacher_fpr_student_keeps_the_teachers_validation_false_alarm_rate(tiny_teacher_run):
+    import train_student
+    from kd.eval.metrics import false_positive_rate
+    from kd.eval.scoring import saved_validation_fpr
+    from kd.train.config import load_config
+
+    root = tiny_teacher_run
+    cfg = load_config(StudentRunConfig, None, student_overrides(root, "student-teacher-fpr", "distill.threshold=teacher-fpr"))
+    results = train_student.distill_encoder(cfg)
+    teacher_fpr = saved_validation_fpr(root / "teacher" / "best", "test")
+    assert false_positive_rate(results["sets"]["validation"]["confusion_matrix"]) == pytest.approx(teacher_fpr)
+    assert results["threshold_rule"] == f"validation FPR {teacher_fpr:.6g}"
+    saved = json.loads((root / "student-teacher-fpr" / "best" / "metrics.json").read_text())
+    assert saved["threshold"] == results["threshold"]
+    with pytest.raises(ValueError, match="'f1' or 'teacher-fpr'"):
+        load_config(StudentRunConfig, None, student_overrides(root, "s", "distill.threshold=fpr"))
+
+
+def test_a_teacher_fpr_student_needs_the_teachers_validation_scores_before_training(tiny_teacher_run, tmp_path):
+    import shutil
+
+    import train_student
+    from kd.errors import UsageError
+    from kd.train.config import load_config
+
+    teacher = shutil.copytree(tiny_teacher_run / "teacher" / "best", tmp_path / "teacher")
+    (teacher / "metrics.json").unlink()
+    cfg = load_config(StudentRunConfig, None, student_overrides(tiny_teacher_run, "s-none", "distill.threshold=teacher-fpr",
+                                                                f"teacher={teacher}", f"out_dir={tmp_path / 'run'}"))
+    with pytest.raises(UsageError, match=r"distill.threshold=teacher-fpr"):
+        train_student.distill_encoder(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_teacher_comparison_uses_a_named_test_set_when_the_split_has_no_test_part(tiny_teacher_run, tmp_path):
     import shutil
 

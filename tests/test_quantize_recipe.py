@@ -111,7 +111,7 @@ def test_test_set_names_the_set_the_report_columns_give(tiny_teacher_run, studen
 
 def test_source_fpr_thresholds_keep_each_sources_validation_false_alarm_rate(tiny_teacher_run, student_dir):
     import quantize
-    from kd.eval.variants import source_validation_fpr
+    from kd.eval.scoring import saved_validation_fpr
 
     teacher = tiny_teacher_run / "teacher" / "best"
     report = quantize.main(["--student", str(student_dir), "--teacher", str(teacher), "--precisions", "nf4",
@@ -120,7 +120,7 @@ def test_source_fpr_thresholds_keep_each_sources_validation_false_alarm_rate(tin
     assert [(r["role"], r["precision"]) for r in report["rows"]][-1] == ("student", "nf4")
     for row in report["rows"]:
         source = teacher if row["role"] == "teacher" else student_dir
-        assert row["validation_fpr"] == pytest.approx(source_validation_fpr(source))
+        assert row["validation_fpr"] == pytest.approx(saved_validation_fpr(source, "test"))
         assert row["threshold_rule"].startswith("validation FPR")
         saved = json.loads((Path(row["folder"]) / "metrics.json").read_text())
         assert saved["threshold"] == row["threshold"] and saved["threshold_rule"] == row["threshold_rule"]
@@ -137,7 +137,7 @@ def test_source_fpr_needs_the_sources_validation_scores(tiny_teacher_run, tmp_pa
 
     bare = shutil.copytree(tiny_teacher_run / "teacher" / "best", tmp_path / "bare")
     (bare / "metrics.json").unlink()
-    with pytest.raises(UsageError, match="no validation scores in metrics.json"):
+    with pytest.raises(UsageError, match=r"no validation scores in metrics.json .*\(--threshold source-fpr\)"):
         quantize.main(["--student", str(bare), "--precisions", "nf4", "--threshold", "source-fpr", "--out", str(tmp_path / "q")])
 
 

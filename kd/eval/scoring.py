@@ -14,7 +14,8 @@ import torch
 
 from kd.data.batching import TokenizedSet
 from kd.eval.inference import phishing_column, predict_tokenized, probabilities
-from kd.eval.metrics import binary_metrics, choose_threshold, save_roc_png, threshold_at_fpr
+from kd.errors import UsageError
+from kd.eval.metrics import binary_metrics, choose_threshold, false_positive_rate, save_roc_png, threshold_at_fpr
 
 AUTOCAST_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """Scoring precisions that run the forward under autocast; every other one
@@ -47,6 +48,22 @@ def saved_scoring(model_dir: str | Path, default_precision: str = "fp32") -> tup
         if saved.get("threshold") is not None:
             return float(saved["threshold"]), saved.get("scoring_precision", default_precision), str(metrics)
     return 0.5, default_precision, "default"
+
+
+def saved_validation_fpr(model_dir: str | Path, option: str) -> float:
+    """The false-positive rate a model showed on its validation split at its
+    deployed threshold (``MODEL_DIR/metrics.json``, written by training and
+    quantize.py): the operating point a copy of it keeps (``quantize.py
+    --threshold source-fpr``) or a student that replaces it keeps
+    (``distill.threshold: teacher-fpr``). A folder without one is a usage error
+    that names ``option``, the setting that asked for it."""
+    metrics = Path(model_dir) / "metrics.json"
+    saved = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    validation = saved.get("sets", {}).get("validation") if isinstance(saved, dict) else None
+    if not isinstance(validation, dict) or "confusion_matrix" not in validation:
+        raise UsageError(f"{model_dir} has no validation scores in metrics.json to take a false-positive rate from "
+                         f"({option}); score it with python -m kd.evaluate, or choose the threshold by F1")
+    return false_positive_rate(validation["confusion_matrix"])
 
 
 def make_validator(data: TokenizedSet, batch_size: int, amp_dtype):

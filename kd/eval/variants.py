@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from kd.data.batching import tokenize
-from kd.errors import UsageError
 from kd.eval.inference import scoring_model
 from kd.eval.model_card import describe_folder
 from kd.eval.measure import measure_latency, measure_throughput, memory_footprint_bytes, parameter_count, size_on_disk_bytes
@@ -74,7 +73,7 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
                   validation_fpr: float | None = None) -> dict:
     """Reload a saved variant and measure it: memory, accuracy, latency, throughput.
     Its threshold maximises validation F1, or with ``validation_fpr`` flags that
-    fraction of the validation legitimate URLs (:func:`source_validation_fpr`).
+    fraction of the validation legitimate URLs (:func:`kd.eval.scoring.saved_validation_fpr`).
     Its threshold, scoring precision and metrics go to ``folder/metrics.json``
     (read by kd.predict and kd.evaluate), ``config.json`` and the model card, its ROC curves to ``folder/roc.png``. It is
     scored as kd.predict scores it (``kd.eval.inference.scoring_model``); its size
@@ -118,19 +117,6 @@ def score_variant(folder: Path, scoring_precision: str, splits, set_names: list[
     del model
     gc.collect()
     return row
-
-
-def source_validation_fpr(source: Path) -> float:
-    """The false-positive rate the source model showed on its validation split at
-    its deployed threshold (``metrics.json``, written by training or ``kd.evaluate``):
-    the operating point ``quantize.py --threshold source-fpr`` keeps for its
-    quantized copies. A source scored without one is a usage error."""
-    metrics = Path(source) / "metrics.json"
-    validation = json.loads(metrics.read_text()).get("sets", {}).get("validation") if metrics.is_file() else None
-    if not validation or "confusion_matrix" not in validation:
-        raise UsageError(f"{source} has no validation scores in metrics.json to take a false-positive rate from; "
-                         "score it with python -m kd.evaluate, or use --threshold f1")
-    return false_positive_rate(validation["confusion_matrix"])
 
 
 def add_relative_sizes(rows: list[dict]) -> None:

@@ -67,15 +67,17 @@ def start_run(cfg, out_dir: Path, splits: DataSplits) -> None:
 
 
 def finish_run(out_dir: Path, model, tokenized, cfg, amp_dtype, started: float, log=print, load=None,
-               throughput: dict | None = None, model_card: bool = True) -> dict:
+               throughput: dict | None = None, model_card: bool = True, validation_fpr: float | None = None) -> dict:
     """Load the best checkpoint's weights (``load(model, folder)``, default
     :func:`load_weights`), evaluate every set, write ``metrics.json`` and (``model_card``:
     a sequence classifier's folder, not QLoRA adapters) the model card and threshold
     fields (:func:`describe_folder`) into the best checkpoint and ``results.json`` into the run, with the loop's
-    ``throughput`` (``TrainResult.throughput``: samples and tokens per second, peak memory)."""
+    ``throughput`` (``TrainResult.throughput``: samples and tokens per second, peak memory). The threshold
+    maximises validation F1, or with ``validation_fpr`` gives that validation false-positive rate."""
     best = out_dir / "best"
     (load or load_weights)(model, best)
-    evaluation = final_evaluation(model, tokenized, cfg.train.eval_batch_size, scoring_precision_name(amp_dtype), out_dir)
+    evaluation = final_evaluation(model, tokenized, cfg.train.eval_batch_size, scoring_precision_name(amp_dtype), out_dir,
+                                  validation_fpr=validation_fpr)
     evaluation["train_seconds"] = time.time() - started
     evaluation.update(throughput or {})
     evaluation["best_checkpoint"] = str(best.resolve().name)

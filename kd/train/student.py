@@ -67,10 +67,18 @@ class DistillConfig:
     augment_copies: int = 0
     """Add this many perturbed copies of each training URL (``kd.data.augment``: host of one
     URL with the path of another, or one path segment dropped) to the transfer set."""
+    threshold: str = "f1"
+    """The student's deployed threshold, chosen on validation: ``f1`` maximises its F1;
+    ``teacher-fpr`` gives the teacher's validation false-positive rate (from the teacher's
+    metrics.json), so the student replaces the teacher at the same false-alarm rate. Where
+    validation comes from other collections, the F1 curve is flat at its top and its
+    maximum can sit at a looser operating point than the teacher's."""
 
     def __post_init__(self):
         if self.augment_copies < 0:
             raise ValueError(f"distill.augment_copies must be >= 0, got {self.augment_copies}")
+        if self.threshold not in ("f1", "teacher-fpr"):
+            raise ValueError(f"distill.threshold must be 'f1' or 'teacher-fpr', got {self.threshold!r}")
 
 
 @dataclass
