@@ -22,8 +22,10 @@ FOLDS="union $(for s in $SOURCES; do printf 'loso-%s ' "$s"; done)"
 $PY -m kd.benchmark configs/benchmark-multisource.yaml --max-train-per-class "$CAP" --folds-only --out "$RUNS/bench"
 for fold in $FOLDS; do
   $PY train_teacher.py --config "$RUNS/bench/folds/$fold/teacher.yaml" --epochs "$EPOCHS" --out "$RUNS/teacher-$fold"
+  # The student keeps its teacher's validation false-alarm rate (student-operating-point-cpu.md).
   $PY train_student.py --config student-minilm --set teacher="$RUNS/teacher-$fold/best" \
-      --set distill.augment_copies=2 --set student.prune_vocab=false --set train.epochs="$EPOCHS" --out "$RUNS/student-$fold"
+      --set distill.augment_copies=2 --set student.prune_vocab=false --set train.epochs="$EPOCHS" \
+      --set distill.threshold=teacher-fpr --out "$RUNS/student-$fold"
 done
 fold_rows=""
 for s in $SOURCES; do
