@@ -118,7 +118,9 @@ def main(argv=None) -> dict:
 
     variants = [("teacher", Path(args.teacher), p) for p in TEACHER_PRECISIONS] if args.teacher else []
     variants += [("student", student, p) for p in (*STUDENT_BASE_PRECISIONS, *precisions)]
-    target_fpr = {source: saved_validation_fpr(source, '--threshold source-fpr') for _, source, _ in variants} if args.threshold == "source-fpr" else {}
+    sources = dict.fromkeys(source for _, source, _ in variants)  # each source's metrics.json read once
+    target_fpr = ({source: saved_validation_fpr(source, "--threshold source-fpr") for source in sources}
+                  if args.threshold == "source-fpr" else {})
     out = Path(args.out)
     rows = []
     for role, source, precision in variants:

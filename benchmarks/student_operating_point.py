@@ -16,7 +16,6 @@ It reads the per-URL probabilities the training runs wrote (``RUNS/teacher-loso-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from kd.eval.bootstrap import cluster_index  # noqa: E402
 from kd.eval.compare import paired_metrics  # noqa: E402
 from kd.eval.metrics import binary_metrics, false_positive_rate, threshold_at_fpr  # noqa: E402
 from kd.eval.report import markdown_table, write_json  # noqa: E402
-from kd.eval.scoring import SCORES_FILE, read_scores, saved_validation_fpr  # noqa: E402
+from kd.eval.scoring import SCORES_FILE, read_scores, saved_scoring, saved_validation_fpr  # noqa: E402
 
 SOURCES = ("hannousse", "iscx_phishtank", "esdaung", "phishstorm")
 
@@ -43,11 +42,11 @@ def fold_rows(runs: Path, source: str, n_boot: int) -> list[dict]:
         raise ValueError(f"{source}: the teacher and the student scored different held-out URLs")
     labels = held_s["labels"]
     clusters = cluster_index([registrable_domain(u) for u in held_s["urls"]])
-    teacher_threshold = json.loads((teacher_run / "best" / "metrics.json").read_text())["threshold"]
+    teacher_threshold = saved_scoring(teacher_run / "best")[0]
     teacher_fpr = saved_validation_fpr(teacher_run / "best", "teacher-fpr")
     validation = student["validation"]
     thresholds = {
-        "f1": json.loads((student_run / "best" / "metrics.json").read_text())["threshold"],
+        "f1": saved_scoring(student_run / "best")[0],
         "teacher-fpr": threshold_at_fpr(validation["labels"], validation["probs"], teacher_fpr),
     }
     teacher_metrics = binary_metrics(labels, held_t["probs"], teacher_threshold)
